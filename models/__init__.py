@@ -1,0 +1,26 @@
+"""The recommendation core: pure Python/NumPy/FAISS/torch, usable and testable without Kafka."""
+
+from .core import MODEL_VERSION, PushMatch, RecommenderCore
+from .encoders import TextEncoder, TorchScriptImageEncoder, image_text
+from .errors import (
+    ConfigError,
+    DimensionMismatch,
+    InvalidInput,
+    NonFiniteVector,
+    RecommenderError,
+    StateError,
+    ZeroVector,
+)
+from .index import ImageIndex
+from .interest import ACTIONS, InterestModel
+from .popularity import Popularity
+from .ranking import Ranker, RecItem
+from .state import UserState
+from .vectors import as_unit_matrix, as_unit_vector
+
+__all__ = [
+    "ACTIONS", "MODEL_VERSION", "ConfigError", "DimensionMismatch", "ImageIndex", "InterestModel",
+    "InvalidInput", "NonFiniteVector", "Popularity", "PushMatch", "Ranker", "RecItem", "RecommenderCore",
+    "RecommenderError", "StateError", "TextEncoder", "TorchScriptImageEncoder", "UserState", "ZeroVector",
+    "as_unit_matrix", "as_unit_vector", "image_text",
+]
