@@ -1,0 +1,386 @@
+"""The Faust app: topics, the user table, the agents and the batch pipeline.
+
+Commit protocol (at-least-once end to end; each step's invariant is asserted or enforced where noted):
+
+1. ``take_events`` buffers up to ``batch_max`` behaviour records (or ``batch_within_s``) **without acking**.
+2. Each record is parsed; an invalid one is produced to ``dead-letters`` (original bytes + topic/partition/
+   offset + error) and counted; it never stops the batch.
+3. Per user, in offset order: load state from the table, skip events already applied
+   (``offset <= state.last_offset`` or a known ``event_id``) — this makes redelivery harmless —, learn the
+   rest, and write the new state to the table. The changelog record goes to the **same partition** as the
+   input record (asserted), so a rebalanced or restarted worker recovers exactly this state.
+4. One batched FAISS search ranks every touched user (including those whose events were duplicates, so a
+   crash between step 3 and 5 is repaired on redelivery).
+5. One Redis pipeline writes all results (compare-and-set on version: never older over newer); connection
+   failures are retried with backoff until they succeed — the batch is not acked before.
+6. One recommendation event per user is produced to ``recommendations``.
+7. The body returns; only now does ``take_events`` ack the records.
+8. Faust's commit (every ``commit_interval_s``) first flushes the producer — changelog, recommendations and
+   dead letters are then durable — and only then commits the acked offsets.
+
+A crash anywhere before 8 replays the batch: step 3 skips what the recovered table already holds, steps 4–6
+rewrite the same results. Steps 2–7 never run concurrently with the new-image push (one lock), so result
+versions are assigned in the order results are computed.
+
+Shutdown: on SIGTERM Faust cancels the agent; the in-flight batch is shielded and finished (bounded by
+``shutdown_grace_s``) before the cancellation propagates, then Faust commits and exits. A batch that cannot
+finish in time (e.g. Redis is down) makes the process exit non-zero *without* acking it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+import weakref
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from faust.streams import _current_event  # the contextvar Table writes read their partition from
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from models import InterestModel, Popularity, Ranker, RecommenderCore, StateError, UserState
+from models.encoders import TextEncoder
+from models.errors import InvalidInput
+
+from . import metrics
+from .catalog import IndexReplica
+from .errors import InvalidEvent, invalid
+from .kafka import faust_credentials
+from .redis_store import RecWrite, RedisRecStore
+from .schemas import BehaviorEvent, catalog_record, dead_letter, parse_behavior, parse_image, recommendation_event
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_S = 20.0
+EXIT_FATAL = 70
+
+
+def worker_identity(data_dir: Path) -> str:
+    """A stable id per worker data directory (survives restarts, distinct per replica)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    f = data_dir / "worker_id"
+    if not f.exists():
+        f.write_text(f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    return f.read_text().strip()
+
+
+def build_core(s: Settings) -> RecommenderCore:
+    return RecommenderCore(
+        dim=s.dim, k=s.k,
+        interest=InterestModel(dim=s.dim, max_interests=s.max_interests, seen_cap=s.seen_window,
+                               half_life_ms=s.interest_half_life_h * 3600e3),
+        ranker=Ranker(k=s.k), popularity=Popularity(half_life_ms=s.trending_half_life_h * 3600e3),
+    )
+
+
+class _Versions:
+    """Result versions: strictly increasing per process, µs wall clock (comparable across workers)."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, time.time_ns() // 1000)
+        return self._last
+
+
+class Pipeline:
+    """Everything one worker runs; the Faust agents are thin shells around these methods."""
+
+    def __init__(self, app: faust.App, s: Settings) -> None:
+        self.app = app
+        self.s = s
+        self.worker_id = worker_identity(Path(s.data_dir))
+        self.core = build_core(s)
+        self.lock = asyncio.Lock()
+        self.versions = _Versions()
+        self.encoder = TextEncoder(expected_dim=s.dim, threads=s.torch_threads) if s.encoder == "text" else None
+        self.store = RedisRecStore(
+            s.redis_url, prefix=s.redis_key_prefix, ttl_s=s.redis_ttl_s, username=s.redis_username,
+            password=s.redis_password.get_secret_value() if s.redis_password else None,
+            retry_max_s=s.redis_retry_max_s)
+        self.replica = IndexReplica(s, self.core, self.worker_id, on_applied=self.push_new_images)
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+        self.behavior_topic = app.topic(s.topic_behavior, partitions=s.partitions, **raw)
+        self.images_topic = app.topic(s.topic_images, partitions=s.image_partitions, **raw)
+        self.catalog_topic = app.topic(s.topic_catalog, partitions=s.image_partitions, **raw)
+        self.recs_topic = app.topic(s.topic_recommendations, partitions=s.partitions, **raw)
+        self.dlq_topic = app.topic(s.topic_dead_letters, **raw)
+        self.users = app.Table("users", partitions=s.partitions, default=None,
+                               schema=faust.Schema(**raw), help="UserState bytes per user_id (changelogged)")
+        self.last_progress = time.monotonic()
+
+    # ------------------------------------------------------------------ helpers
+    def load_state(self, user_id: str) -> UserState:
+        raw = self.users.get(user_id.encode())
+        if raw is None:
+            return self.core.new_state(user_id)
+        try:
+            return UserState.from_bytes(raw)
+        except StateError:
+            log.exception("corrupt state for user %r: starting it afresh", user_id)
+            return self.core.new_state(user_id)
+
+    def save_state(self, state: UserState, event: faust.EventT) -> None:
+        """Table write attributed to ``event`` so the changelog record lands on the event's partition."""
+        token = _current_event.set(weakref.ref(event))
+        try:
+            self.users[state.user_id.encode()] = state.to_bytes()
+        finally:
+            _current_event.reset(token)
+
+    async def send_dead_letter(self, event: faust.EventT, error: BaseException, reason: str) -> None:
+        m = event.message
+        await self.dlq_topic.send(key=m.key, value=dead_letter(
+            value=m.value, key=m.key, topic=m.topic, partition=m.partition, offset=m.offset,
+            error=error, reason=reason, worker=self.worker_id))
+        metrics.DEAD_LETTERS.labels(m.topic, reason).inc()
+        metrics.EVENTS_PRODUCED.labels(self.s.topic_dead_letters).inc()
+        log.warning("dead letter %s/%d@%d: %s (%s)", m.topic, m.partition, m.offset, reason, error)
+
+    async def publish(self, states: list[UserState], triggers: dict[str, dict]) -> list[RecWrite]:
+        """Steps 4–6: one batched ranking, one Redis pipeline, one output record per user."""
+        if not states:
+            return []
+        recs = self.core.recommend(states)
+        now = int(time.time() * 1000)
+        writes, outputs = [], []
+        for st, items in zip(states, recs, strict=True):
+            version = self.versions.next()
+            ev = recommendation_event(user_id=st.user_id, items=[i.to_dict() for i in items],
+                                      trigger=triggers[st.user_id], model_version=self.core.model_version,
+                                      generated_at=now, version=version)
+            payload = orjson.dumps(ev)
+            writes.append(RecWrite(st.user_id, version, now, payload))
+            outputs.append((st.user_id.encode(), payload))
+        results = await self.store.write(writes, on_retry=lambda _e: metrics.REDIS_RETRIES.inc())
+        metrics.REDIS_WRITES.labels("written").inc(sum(results))
+        metrics.REDIS_WRITES.labels("stale").inc(len(results) - sum(results))
+        for key, payload in outputs:
+            await self.recs_topic.send(key=key, value=payload)
+        metrics.EVENTS_PRODUCED.labels(self.s.topic_recommendations).inc(len(outputs))
+        return writes
+
+    # ------------------------------------------------------------------ behaviour
+    async def process_behavior_batch(self, events: list[faust.EventT]) -> None:
+        await self.replica.ready.wait()
+        async with self.lock:
+            await self._process_behavior_batch(events)
+        self.last_progress = time.monotonic()
+        metrics.LAST_PROGRESS.set(time.time())
+
+    async def _process_behavior_batch(self, events: list[faust.EventT]) -> None:
+        s = self.s
+        metrics.EVENTS_CONSUMED.labels(s.topic_behavior).inc(len(events))
+        metrics.BATCH_SIZE.observe(len(events))
+        parsed: dict[str, list[tuple[BehaviorEvent, faust.EventT]]] = defaultdict(list)
+        for ev in events:  # step 2
+            m = ev.message
+            try:
+                b = parse_behavior(m.value, key=m.key, max_bytes=s.max_event_bytes, max_id_length=s.max_id_length,
+                                   max_future_skew_ms=s.max_future_skew_ms)
+                parsed[b.user_id].append((b, ev))
+            except InvalidInput as exc:
+                err = invalid(exc, topic=m.topic, partition=m.partition, offset=m.offset)
+                await self.send_dead_letter(ev, err, err.reason)
+        states: list[UserState] = []
+        triggers: dict[str, dict] = {}
+        for user_id, items in parsed.items():  # step 3
+            state = self.load_state(user_id)
+            last_written = None
+            for b, ev in sorted(items, key=lambda x: x[1].message.offset):
+                m = ev.message
+                try:
+                    if b.image_id not in self.core.index:
+                        metrics.UNKNOWN_IMAGE.inc()
+                    state, applied = self.core.learn(state, image_id=b.image_id, action=b.action, ts=b.ts,
+                                                     dwell_ms=b.dwell_ms, offset=m.offset, event_id=b.event_id)
+                except InvalidInput as exc:
+                    err = invalid(exc, topic=m.topic, partition=m.partition, offset=m.offset)
+                    await self.send_dead_letter(ev, err, err.reason)
+                    continue
+                if applied:
+                    last_written = ev
+                else:
+                    metrics.DUPLICATES.inc()
+                triggers[user_id] = {"event_id": b.event_id or f"{m.topic}:{m.partition}:{m.offset}", "ts": b.ts}
+            if last_written is not None:
+                assert last_written.message.partition == items[0][1].message.partition, "a user's events span partitions"
+                self.save_state(state, last_written)
+            if user_id in triggers:
+                states.append(state)
+        await self.publish(states, triggers)  # steps 4-6
+        now = time.time()
+        for ev in events:
+            ts = ev.message.timestamp
+            if ts:
+                metrics.EVENT_TO_REDIS.observe(max(0.0, now - ts))
+
+    # ------------------------------------------------------------------ images
+    async def process_image_batch(self, events: list[faust.EventT]) -> None:
+        """Validate + embed new images, forward them (or tombstones) to the compacted catalog topic."""
+        s = self.s
+        metrics.EVENTS_CONSUMED.labels(s.topic_images).inc(len(events))
+        ready: list[tuple[Any, faust.EventT]] = []
+        to_embed: list[tuple[Any, faust.EventT]] = []
+        for ev in events:
+            m = ev.message
+            try:
+                img = parse_image(m.value, key=m.key, dim=s.dim, max_bytes=s.max_image_bytes,
+                                  max_id_length=s.max_id_length, max_future_skew_ms=s.max_future_skew_ms)
+            except InvalidInput as exc:
+                err = invalid(exc, topic=m.topic, partition=m.partition, offset=m.offset)
+                await self.send_dead_letter(ev, err, err.reason)
+                continue
+            if img is None or img.embedding is not None:
+                ready.append((img, ev))
+            elif self.encoder is None:
+                await self.send_dead_letter(ev, InvalidEvent("image has no embedding and the encoder is off",
+                                                             "nothing_to_embed"), "nothing_to_embed")
+            else:
+                to_embed.append((img, ev))
+        vectors: dict[int, Any] = {}
+        if to_embed:
+            texts = [img.text() for img, _ in to_embed]
+            mat = await asyncio.get_running_loop().run_in_executor(None, self.encoder.encode_texts, texts)
+            for (img, ev), vec in zip(to_embed, mat, strict=True):
+                vectors[id(ev)] = vec
+            ready.extend(to_embed)
+        for img, ev in sorted(ready, key=lambda x: (x[1].message.partition, x[1].message.offset)):
+            m = ev.message
+            if img is None:
+                await self.catalog_topic.send(key=m.key, value=None, partition=m.partition)
+            else:
+                vec = img.embedding if img.embedding is not None else vectors[id(ev)]
+                await self.catalog_topic.send(key=m.key, value=catalog_record(img, vec, m.offset),
+                                              partition=m.partition)
+        metrics.EVENTS_PRODUCED.labels(s.topic_catalog).inc(len(ready))
+
+    async def push_new_images(self, image_ids: list[str]) -> None:
+        """Refresh the local users whose tastes match new images (push, not only pull)."""
+        if self.s.push_max_users == 0 or not self.replica.ready.is_set():
+            return
+        async with self.lock:
+            states = []
+            for key, raw in list(self.users.items()):
+                if raw is None:
+                    continue
+                try:
+                    states.append(UserState.from_bytes(raw))
+                except StateError:
+                    continue
+            matches = self.core.match_new_images(image_ids, states, min_score=self.s.push_min_score)
+            matches.sort(key=lambda m: -m.score)
+            matches = matches[: self.s.push_max_users]
+            if not matches:
+                return
+            by_user = {st.user_id: st for st in states}
+            chosen = [by_user[m.user_id] for m in matches]
+            now = int(time.time() * 1000)
+            triggers = {m.user_id: {"image_id": m.image_id, "ts": self.core.index.created_at(m.image_id) or now}
+                        for m in matches}
+            await self.publish(chosen, triggers)
+            metrics.PUSH_REFRESHES.inc(len(chosen))
+
+    # ------------------------------------------------------------------ background
+    async def run_replica(self) -> None:
+        await self.replica.start()
+        await self.replica.catch_up()
+        await self.replica.run()
+
+    async def refresh_gauges(self) -> None:
+        metrics.USER_TABLE_SIZE.set(len(self.users))
+        if self.replica.ready.is_set():
+            metrics.INDEX_REPLICA_LAG.set(await self.replica.lag())
+
+
+async def _shielded(coro) -> None:
+    """Run one batch to completion even if the agent is cancelled (SIGTERM): finish it, then propagate."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        try:
+            await asyncio.wait_for(asyncio.shield(task), SHUTDOWN_GRACE_S)
+        except Exception:  # includes TimeoutError: the batch could not finish; do not let it be acked
+            log.critical("in-flight batch did not finish within %.0fs of shutdown; exiting without acking it",
+                         SHUTDOWN_GRACE_S)
+            os._exit(EXIT_FATAL)
+        raise
+
+
+def _fatal(exc: BaseException) -> None:
+    """A batch failed in a way no retry fixes: exit non-zero *before* take_events acks it."""
+    log.critical("fatal error in batch processing, exiting so the orchestrator restarts us: %r", exc,
+                 exc_info=exc)
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
+
+
+def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
+    s = s or Settings()
+    brokers = [f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()]
+    app = faust.App(
+        s.app_id, broker=brokers, broker_credentials=faust_credentials(s), store="memory://",
+        topic_partitions=s.partitions, topic_replication_factor=s.replication_factor,
+        key_serializer="raw", value_serializer="raw", datadir=str(Path(s.data_dir) / "faust"),
+        web_enabled=True, web_port=s.web_port, web_bind="0.0.0.0", web_host=socket.gethostname(),
+        broker_commit_interval=s.commit_interval_s, broker_session_timeout=s.broker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, s.broker_session_timeout_s / 3),
+        broker_rebalance_timeout=s.broker_rebalance_timeout_s, consumer_auto_offset_reset="earliest",
+        producer_acks=-1, table_standby_replicas=0, stream_wait_empty=True, logging_config=None,
+    )
+    pipe = Pipeline(app, s)
+
+    @app.agent(pipe.behavior_topic, name="behavior")
+    async def behavior_agent(stream):
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            try:
+                await _shielded(pipe.process_behavior_batch(list(events)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _fatal(exc)
+
+    @app.agent(pipe.images_topic, name="images")
+    async def images_agent(stream):
+        async for events in stream.take_events(s.image_batch_max, within=s.batch_within_s):
+            try:
+                await _shielded(pipe.process_image_batch(list(events)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _fatal(exc)
+
+    @app.task
+    async def index_replica():
+        try:
+            await pipe.run_replica()
+        except asyncio.CancelledError:
+            await pipe.replica.stop()
+            raise
+        except Exception as exc:
+            _fatal(exc)
+
+    @app.timer(interval=5.0)
+    async def gauges():
+        await pipe.refresh_gauges()
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/ready")
+    async def ready_page(web, request):
+        return web.json({"ready": pipe.replica.ready.is_set(), "index_size": len(pipe.core.index),
+                         "worker_id": pipe.worker_id})
+
+    return app, pipe

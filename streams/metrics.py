@@ -1,0 +1,35 @@
+"""Prometheus metrics of a worker, served by Faust's web server at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS_CONSUMED = Counter("reco_events_consumed", "Records consumed, per topic", ["topic"], registry=REGISTRY)
+EVENTS_PRODUCED = Counter("reco_events_produced", "Records produced, per topic", ["topic"], registry=REGISTRY)
+DEAD_LETTERS = Counter("reco_dead_letters", "Records sent to dead letters, per source topic and reason",
+                       ["topic", "reason"], registry=REGISTRY)
+DUPLICATES = Counter("reco_duplicate_events", "Redelivered/duplicate behaviour events skipped (not re-applied)",
+                     registry=REGISTRY)
+UNKNOWN_IMAGE = Counter("reco_unknown_image_events",
+                        "Behaviour events on images not in the index (counted as seen, no taste update)",
+                        registry=REGISTRY)
+REDIS_WRITES = Counter("reco_redis_writes", "Redis result writes, by outcome (written|stale)", ["outcome"],
+                       registry=REGISTRY)
+REDIS_RETRIES = Counter("reco_redis_retries", "Redis write attempts that failed and were retried", registry=REGISTRY)
+PUSH_REFRESHES = Counter("reco_push_refreshes", "Recommendation refreshes triggered by new images",
+                         registry=REGISTRY)
+EVENT_TO_REDIS = Histogram(
+    "reco_event_to_redis_seconds", "Time from a behaviour event's Kafka timestamp to its result in Redis",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=REGISTRY)
+BATCH_SIZE = Histogram("reco_batch_size", "Behaviour events per processed batch",
+                       buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000), registry=REGISTRY)
+CONSUMER_LAG = Gauge("reco_consumer_lag", "Worker group lag (end offset - committed), per topic/partition",
+                     ["topic", "partition"], registry=REGISTRY)
+INDEX_SIZE = Gauge("reco_index_size", "Images in this worker's index replica", registry=REGISTRY)
+INDEX_REPLICA_LAG = Gauge("reco_index_replica_lag", "Catalog records not yet applied to this worker's index",
+                          registry=REGISTRY)
+USER_TABLE_SIZE = Gauge("reco_user_table_size", "Users in this worker's share of the user table", registry=REGISTRY)
+LAST_PROGRESS = Gauge("reco_last_progress_timestamp_seconds", "Wall time of the last finished batch",
+                      registry=REGISTRY)
