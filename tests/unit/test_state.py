@@ -1,0 +1,116 @@
+"""UserState: exact to_bytes/from_bytes round trip, corrupt bytes -> StateError, value semantics."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from models import InterestModel, StateError, UserState
+
+DIM = 16
+
+
+def assert_identical(a: UserState, b: UserState) -> None:
+    """Field by field, arrays bit for bit (not via to_bytes, which is what is under test)."""
+    for name in ("interests", "weights", "negative"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype == np.float32, name
+        assert x.shape == y.shape, name
+        assert x.tobytes() == y.tobytes(), f"{name} differs"
+    for name in ("user_id", "dim", "seen", "hidden", "event_ids", "last_offset", "version", "updated_ts"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert a.is_cold == b.is_cold
+
+
+def learned(unit_rows, n: int = 25, user: str = "user-1") -> UserState:
+    model = InterestModel(dim=DIM, max_interests=3)
+    vecs = unit_rows(n, DIM, 4)
+    st = model.new_state(user)
+    actions = ("view", "like", "skip", "hide", "save", "click")
+    for j in range(n):
+        st = model.learn_one(st, image_id=f"img{j}", action=actions[j % len(actions)], ts=10_000 + 600_000 * j,
+                             vector=vecs[j], dwell_ms=1_500 * j, offset=100 + j, event_id=f"ev-{j}")
+    return st
+
+
+def test_cold_state_round_trip() -> None:
+    st = UserState("u", DIM)
+    assert st.is_cold and st.interests.shape == (0, DIM) and st.weights.shape == (0,)
+    assert st.negative.shape == (DIM,) and not st.negative.any()
+    back = UserState.from_bytes(st.to_bytes())
+    assert_identical(st, back)
+
+
+def test_learned_state_round_trip_is_exact(unit_rows) -> None:
+    st = learned(unit_rows)
+    assert not st.is_cold and st.hidden and st.seen and st.event_ids and st.negative.any()
+    raw = st.to_bytes()
+    back = UserState.from_bytes(raw)
+    assert_identical(st, back)
+    assert back.to_bytes() == raw
+    assert back.same_as(st)
+
+
+def test_round_trip_preserves_awkward_floats_bit_for_bit() -> None:
+    interests = np.array([[-0.0, np.float32(1e-45), np.nextafter(np.float32(1), np.float32(0))] + [0.0] * (DIM - 3)],
+                         dtype=np.float32)
+    st = UserState("ü-ñ/ 𝄞", DIM, interests=interests, weights=np.array([np.float32(1) / 3], dtype=np.float32),
+                   negative=np.full(DIM, np.float32(-2.5e-39), dtype=np.float32),
+                   seen=("a", "b"), hidden=("b",), event_ids=("x",), last_offset=2**40, version=7, updated_ts=2**50)
+    back = UserState.from_bytes(st.to_bytes())
+    assert_identical(st, back)
+    assert np.signbit(back.interests[0, 0])
+
+
+def test_round_trip_arrays_are_writable_copies(unit_rows) -> None:
+    st = learned(unit_rows, 5)
+    raw = st.to_bytes()
+    back = UserState.from_bytes(raw)
+    back.interests[0, 0] = 42.0  # must not raise (read-only buffer) nor affect later decodes
+    assert UserState.from_bytes(raw).interests[0, 0] != 42.0
+
+
+def test_same_as_detects_differences(unit_rows) -> None:
+    st = learned(unit_rows, 5)
+    assert st.same_as(UserState.from_bytes(st.to_bytes()))
+    assert not st.same_as(st.evolve(version=st.version + 1))
+    assert not st.same_as(st.evolve(seen=st.seen + ("z",)))
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"not json", b"[]", b"null", b'{"f": 1}', b'{"f": 999}',
+])
+def test_corrupt_bytes_raise_state_error(raw: bytes) -> None:
+    with pytest.raises(StateError):
+        UserState.from_bytes(raw)
+
+
+def test_inconsistent_shapes_raise_state_error(unit_rows) -> None:
+    d = orjson.loads(learned(unit_rows, 5).to_bytes())
+    for key, value in (("m", d["m"] + 1), ("d", DIM + 1), ("i", "AAAA"), ("i", "!!not base64!!")):
+        broken = dict(d, **{key: value})
+        with pytest.raises(StateError):
+            UserState.from_bytes(orjson.dumps(broken))
+
+
+def test_truncated_bytes_raise_state_error(unit_rows) -> None:
+    raw = learned(unit_rows, 5).to_bytes()
+    for cut in (1, len(raw) // 2, len(raw) - 1):
+        with pytest.raises(StateError):
+            UserState.from_bytes(raw[:cut])
+
+
+def test_excluded_is_seen_and_hidden() -> None:
+    st = UserState("u", DIM, seen=("a", "b"), hidden=("c", "a"))
+    assert st.excluded() == {"a", "b", "c"}
+
+
+def test_evolve_returns_a_new_value(unit_rows) -> None:
+    st = learned(unit_rows, 5)
+    raw = st.to_bytes()
+    new = st.evolve(version=999, seen=("x",))
+    assert new.version == 999 and new.seen == ("x",)
+    assert st.to_bytes() == raw
+    with pytest.raises(AttributeError):
+        st.version = 3  # type: ignore[misc]
