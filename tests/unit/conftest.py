@@ -17,16 +17,6 @@ def _unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 
 @pytest.fixture
-def dim() -> int:
-    return DIM
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(12345)
-
-
-@pytest.fixture
 def unit_rows() -> Callable[..., np.ndarray]:
     """``unit_rows(n, dim=DIM, seed=0)``: ``n`` random unit float32 rows (deterministic per seed)."""
 

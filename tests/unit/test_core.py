@@ -57,7 +57,7 @@ _EMPTY_BUG = ("RecommenderCore.__init__ uses `index or ImageIndex(dim)` / `popul
               "and the dim check is skipped")
 
 
-@pytest.mark.xfail(strict=True, reason=_EMPTY_BUG)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_EMPTY_BUG)
 def test_core_keeps_an_empty_index_it_is_given(basis) -> None:
     index = ImageIndex(DIM)
     core = RecommenderCore(dim=DIM, index=index)
@@ -65,13 +65,13 @@ def test_core_keeps_an_empty_index_it_is_given(basis) -> None:
     assert core.index is index and "a" in core.index
 
 
-@pytest.mark.xfail(strict=True, reason=_EMPTY_BUG)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_EMPTY_BUG)
 def test_core_keeps_an_empty_popularity_it_is_given() -> None:
     pop = Popularity()
     assert RecommenderCore(dim=DIM, popularity=pop).popularity is pop
 
 
-@pytest.mark.xfail(strict=True, reason=_EMPTY_BUG)
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=_EMPTY_BUG)
 def test_empty_index_of_another_dim_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         RecommenderCore(dim=DIM, index=ImageIndex(DIM + 1))
@@ -237,7 +237,7 @@ def test_match_new_images_never_pushes_a_seen_image(core, basis) -> None:
     assert core.match_new_images(["i0"], [a], min_score=0.0) == []  # a already liked i0
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "match_new_images only looks at each user's single best new image and drops the user when that one is "
     "already seen/hidden, even if another new image in the batch also matches above min_score"))
 def test_match_new_images_falls_back_to_the_next_best_unseen_image(core, basis) -> None:

@@ -205,7 +205,7 @@ def test_batch_equals_per_user(seed: int) -> None:
     assert _as_tuples(batch) == _as_tuples(single)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "Ranker.recommend sizes the FAISS candidate pool from the whole batch (k*overfetch + the largest "
     "seen+hidden count of ANY user in it) and then re-ranks with popularity: a light user batched with a user "
     "who has seen 57 images gets popular far-away images that are outside their per-user pool. Made visible "
