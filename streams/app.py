@@ -114,7 +114,9 @@ class Pipeline:
         self.catalog_topic = app.topic(s.topic_catalog, partitions=s.image_partitions, **raw)
         self.recs_topic = app.topic(s.topic_recommendations, partitions=s.partitions, **raw)
         self.dlq_topic = app.topic(s.topic_dead_letters, **raw)
-        self.users = app.Table("users", partitions=s.partitions, default=None,
+        # key_type/value_type=bytes make the *store* (recovery) use the raw codec; the schema does the same
+        # for the changelog topic. Both are needed, or recovery decodes raw bytes as JSON.
+        self.users = app.Table("users", partitions=s.partitions, default=None, key_type=bytes, value_type=bytes,
                                schema=faust.Schema(**raw), help="UserState bytes per user_id (changelogged)")
         self.last_progress = time.monotonic()
 
@@ -141,7 +143,7 @@ class Pipeline:
         m = event.message
         await self.dlq_topic.send(key=m.key, value=dead_letter(
             value=m.value, key=m.key, topic=m.topic, partition=m.partition, offset=m.offset,
-            error=error, reason=reason, worker=self.worker_id))
+            error=error, reason=reason, worker=self.worker_id), force=True)
         metrics.DEAD_LETTERS.labels(m.topic, reason).inc()
         metrics.EVENTS_PRODUCED.labels(self.s.topic_dead_letters).inc()
         log.warning("dead letter %s/%d@%d: %s (%s)", m.topic, m.partition, m.offset, reason, error)
@@ -165,7 +167,7 @@ class Pipeline:
         metrics.REDIS_WRITES.labels("written").inc(sum(results))
         metrics.REDIS_WRITES.labels("stale").inc(len(results) - sum(results))
         for key, payload in outputs:
-            await self.recs_topic.send(key=key, value=payload)
+            await self.recs_topic.send(key=key, value=payload, force=True)
         metrics.EVENTS_PRODUCED.labels(self.s.topic_recommendations).inc(len(outputs))
         return writes
 
@@ -257,11 +259,11 @@ class Pipeline:
         for img, ev in sorted(ready, key=lambda x: (x[1].message.partition, x[1].message.offset)):
             m = ev.message
             if img is None:
-                await self.catalog_topic.send(key=m.key, value=None, partition=m.partition)
+                await self.catalog_topic.send(key=m.key, value=None, partition=m.partition, force=True)
             else:
                 vec = img.embedding if img.embedding is not None else vectors[id(ev)]
                 await self.catalog_topic.send(key=m.key, value=catalog_record(img, vec, m.offset),
-                                              partition=m.partition)
+                                              partition=m.partition, force=True)
         metrics.EVENTS_PRODUCED.labels(s.topic_catalog).inc(len(ready))
 
     async def push_new_images(self, image_ids: list[str]) -> None:

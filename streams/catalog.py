@@ -32,7 +32,7 @@ from models import RecommenderCore, StateError
 from models.errors import InvalidInput
 
 from . import metrics
-from .kafka import client_kwargs
+from .kafka import client_kwargs, partitions_of, stop_consumer
 from .schemas import parse_catalog
 from .settings import Settings
 
@@ -69,16 +69,10 @@ class IndexReplica:
         )
         await c.start()
         self._consumer = c
-        parts = c.partitions_for_topic(self.s.topic_catalog)
-        for _ in range(50):
-            if parts:
-                break
-            await asyncio.sleep(0.2)
-            await c._client.force_metadata_update()
-            parts = c.partitions_for_topic(self.s.topic_catalog)
+        parts = await partitions_of(c, self.s.topic_catalog)
         if not parts:
             raise RuntimeError(f"topic {self.s.topic_catalog} does not exist")
-        self._tps = [TopicPartition(self.s.topic_catalog, p) for p in sorted(parts)]
+        self._tps = [TopicPartition(self.s.topic_catalog, p) for p in parts]
         c.assign(self._tps)
         offsets = self._restore()
         for tp in self._tps:
@@ -183,5 +177,5 @@ class IndexReplica:
             try:
                 await self.snapshot()
             finally:
-                await self._consumer.stop()
+                await stop_consumer(self._consumer)
                 self._consumer = None

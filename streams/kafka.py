@@ -103,3 +103,30 @@ async def ensure_topics(s: Settings, timeout_s: float = 30.0) -> dict[str, int]:
         raise KafkaUnavailable(f"cannot reach Kafka at {s.kafka_bootstrap} to create topics: {exc!r}") from exc
     finally:
         await admin.close()
+
+
+async def stop_consumer(consumer) -> None:
+    """Stop an aiokafka consumer. aiokafka 0.14 re-raises the CancelledError of its own cancelled
+    committed-offset task from ``NoGroupCoordinator.close`` (manual assignment); that is not our task
+    being cancelled, so it is swallowed here — but a real cancellation of the caller still propagates."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
+async def partitions_of(consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
+    """Partition ids of ``topic`` as seen by a started consumer that has no subscription yet
+    (its cached metadata may not name the topic: refresh until it does, or time out with [])."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts or loop.time() > deadline:
+            return sorted(parts or ())
+        consumer._client.add_topic(topic)
+        await consumer._client.force_metadata_update()
+        if not consumer.partitions_for_topic(topic):
+            await asyncio.sleep(0.2)
