@@ -53,6 +53,7 @@ from . import metrics
 from .catalog import IndexReplica
 from .errors import InvalidEvent, invalid
 from .kafka import faust_credentials
+from .lag import LagMonitor
 from .redis_store import RecWrite, RedisRecStore
 from .schemas import BehaviorEvent, catalog_record, dead_letter, parse_behavior, parse_image, recommendation_event
 from .settings import Settings
@@ -119,6 +120,7 @@ class Pipeline:
         self.users = app.Table("users", partitions=s.partitions, default=None, key_type=bytes, value_type=bytes,
                                schema=faust.Schema(**raw), help="UserState bytes per user_id (changelogged)")
         self.last_progress = time.monotonic()
+        self.lag_monitor: LagMonitor | None = None
 
     # ------------------------------------------------------------------ helpers
     def load_state(self, user_id: str) -> UserState:
@@ -302,6 +304,13 @@ class Pipeline:
         metrics.USER_TABLE_SIZE.set(len(self.users))
         if self.replica.ready.is_set():
             metrics.INDEX_REPLICA_LAG.set(await self.replica.lag())
+        if self.lag_monitor is None:
+            self.lag_monitor = LagMonitor(self.s)
+        try:
+            for row in await self.lag_monitor.group_lag(self.s.app_id, "workers", [self.s.topic_behavior]):
+                metrics.CONSUMER_LAG.labels(row.topic, str(row.partition)).set(row.lag)
+        except Exception as exc:  # a gauge must never take the worker down
+            log.debug("consumer lag gauge not updated: %r", exc)
 
 
 async def _shielded(coro) -> None:
@@ -329,6 +338,9 @@ def _fatal(exc: BaseException) -> None:
 
 def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     s = s or Settings()
+    import faiss
+
+    faiss.omp_set_num_threads(s.faiss_threads)
     brokers = [f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()]
     app = faust.App(
         s.app_id, broker=brokers, broker_credentials=faust_credentials(s), store="memory://",

@@ -12,9 +12,10 @@ Replica protocol:
    for it, so a restarted worker never learns from events against a half-loaded catalog).
 3. Then tail the topic: each poll is applied as **one** batch (one FAISS add, one batched removal), then
    ``on_applied(new_image_ids)`` runs (push refresh to matching users).
-4. Every ``snapshot_interval_s`` and on stop, snapshot index + offsets atomically, and commit the position
-   under the group ``<app_id>-index-<worker_id>`` (commit only, no group membership) so ``reco lag`` can show
-   each replica's lag.
+4. Every ``snapshot_interval_s`` and on stop, snapshot index + offsets atomically. About once a second,
+   commit the applied position under the group ``<app_id>-index-<worker_id>`` (commit only, no group
+   membership) so ``reco lag`` can show each replica's lag. The snapshot file, not that commit, is where a
+   restart resumes from.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class IndexReplica:
         self._tps: list[TopicPartition] = []
         self._positions: dict[int, int] = {}
         self._last_snapshot = 0.0
+        self._last_commit = 0.0
+        self._committed: dict[int, int] = {}
         self._dirty = False
 
     async def start(self) -> None:
@@ -158,19 +161,30 @@ class IndexReplica:
             await asyncio.get_running_loop().run_in_executor(None, self.core.index.snapshot, self.snapshot_path, offsets)
             self._dirty = False
         self._last_snapshot = time.monotonic()
+        await self.commit_position()
+
+    async def commit_position(self) -> None:
+        """Publish the applied position for lag reporting (not a checkpoint: the snapshot is)."""
+        self._last_commit = time.monotonic()
+        if self._consumer is None or self._positions == self._committed:
+            return
+        offsets = dict(self._positions)
         try:
             await self._consumer.commit({TopicPartition(self.s.topic_catalog, p): OffsetAndMetadata(o, "")
                                          for p, o in offsets.items()})
-        except Exception as exc:  # reporting only; the snapshot file is the real checkpoint
+            self._committed = offsets
+        except Exception as exc:  # reporting only
             log.warning("could not commit replica position: %r", exc)
 
     async def run(self) -> None:
         """Tail the catalog forever (steps 3 and 4)."""
         while True:
             await self.poll_once()
-            if time.monotonic() - self._last_snapshot > self.s.snapshot_interval_s:
+            now = time.monotonic()
+            if now - self._last_snapshot > self.s.snapshot_interval_s:
                 await self.snapshot()
-                metrics.INDEX_REPLICA_LAG.set(await self.lag())
+            elif now - self._last_commit > 1.0:
+                await self.commit_position()
 
     async def stop(self) -> None:
         if self._consumer is not None:

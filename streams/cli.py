@@ -84,6 +84,76 @@ def recs(user_id: str = typer.Argument(..., help="User id to look up."),
     console.print(t)
 
 
+def _lag_table(rows, title: str) -> Table:
+    t = Table(title=title)
+    for col in ("group", "kind", "topic", "partition", "end offset", "committed", "lag"):
+        t.add_column(col, justify="right" if col in ("partition", "end offset", "committed", "lag") else "left")
+    for r in rows:
+        style = "red" if r.lag > 0 else None
+        t.add_row(r.group, r.kind, r.topic, str(r.partition), str(r.end_offset),
+                  "-" if r.committed is None else str(r.committed), str(r.lag), style=style)
+    return t
+
+
+@app.command()
+def lag(max_lag: int = typer.Option(-1, "--max-lag", help="Exit with status 2 when any partition lags more than "
+                                    "this many records (for scripts and alerts); -1 = never."),
+        as_json: bool = typer.Option(False, "--json", help="Print rows as JSON lines.")) -> None:
+    """Consumer lag per topic/partition: end offset, committed offset and lag, for the worker group
+    (behaviour + image topics) and for each worker's index replica (catalog topic)."""
+    from .lag import lag_report
+
+    rows = asyncio.run(lag_report(_settings()))
+    if as_json:
+        for r in rows:
+            sys.stdout.write(orjson.dumps(r.to_dict()).decode() + "\n")
+    else:
+        console.print(_lag_table(rows, "consumer lag"))
+    worst = max((r.lag for r in rows), default=0)
+    if max_lag >= 0 and worst > max_lag:
+        console.print(f"[red]lag {worst} exceeds --max-lag {max_lag}[/red]")
+        raise typer.Exit(2)
+
+
+@app.command("demo-traffic")
+def demo_traffic(events: int = typer.Option(5000, help="Behaviour events to publish."),
+                 rate: float = typer.Option(500.0, help="Events per second; 0 = as fast as possible."),
+                 images: int = typer.Option(300, help="Images in the catalog (published first)."),
+                 users: int = typer.Option(50, help="Distinct users."),
+                 embeddings: bool = typer.Option(False, help="Send embeddings instead of captions/tags "
+                                                 "(captions are embedded by the worker's text encoder)."),
+                 seed: int = typer.Option(7, help="Random seed.")) -> None:
+    """Publish a demo catalog and behaviour with planted tastes (each user likes one or two themes)."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from .traffic import TrafficGenerator
+
+    gen = TrafficGenerator(_settings(), n_images=images, n_users=users, embeddings=embeddings, seed=seed)
+    with Progress(TextColumn("[bold]traffic"), BarColumn(), TextColumn("{task.completed}/{task.total} events "
+                  "{task.fields[rate]}"), console=console) as prog:
+        task = prog.add_task("traffic", total=events, rate="")
+        stats = asyncio.run(gen.run(events=events, rate=rate, on_progress=lambda st: prog.update(
+            task, completed=st.events, rate=f"{st.events_per_s:,.0f}/s")))
+        prog.update(task, completed=stats.events)
+    console.print(f"published {stats.images} images and {stats.events} events in {stats.seconds:.1f}s "
+                  f"({stats.events_per_s:,.0f} events/s)")
+
+
+@app.command()
+def demo(events: int = typer.Option(3000, help="Behaviour events to publish."),
+         rate: float = typer.Option(300.0, help="Events per second."),
+         images: int = typer.Option(300, help="Catalog size."),
+         users: int = typer.Option(40, help="Distinct users."),
+         kafka_port: int = typer.Option(9092, help="Loopback port for the local Kafka broker."),
+         redis_port: int = typer.Option(6379, help="Loopback port for the local redis-server."),
+         keep_stack: bool = typer.Option(False, help="Leave Kafka and Redis running afterwards.")) -> None:
+    """The live demo: local Kafka + Redis, one worker, generated traffic; prints recommendations and lag."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(console, events=events, rate=rate, images=images, users=users,
+                              kafka_port=kafka_port, redis_port=redis_port, keep_stack=keep_stack))
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
