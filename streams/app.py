@@ -57,6 +57,7 @@ from .lag import LagMonitor
 from .redis_store import RecWrite, RedisRecStore
 from .schemas import BehaviorEvent, catalog_record, dead_letter, parse_behavior, parse_image, recommendation_event
 from .settings import Settings
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class Pipeline:
                                schema=faust.Schema(**raw), help="UserState bytes per user_id (changelogged)")
         self.last_progress = time.monotonic()
         self.lag_monitor: LagMonitor | None = None
+        self.watchdog = Watchdog(s.stall_timeout_s)
+        self.redis_marker = f"{s.redis_key_prefix}__worker__:{self.worker_id}"
 
     # ------------------------------------------------------------------ helpers
     def load_state(self, user_id: str) -> UserState:
@@ -165,7 +168,7 @@ class Pipeline:
             payload = orjson.dumps(ev)
             writes.append(RecWrite(st.user_id, version, now, payload))
             outputs.append((st.user_id.encode(), payload))
-        results = await self.store.write(writes, on_retry=lambda _e: metrics.REDIS_RETRIES.inc())
+        results = await self.store.write(writes, on_retry=self._on_redis_retry)
         metrics.REDIS_WRITES.labels("written").inc(sum(results))
         metrics.REDIS_WRITES.labels("stale").inc(len(results) - sum(results))
         for key, payload in outputs:
@@ -173,11 +176,29 @@ class Pipeline:
         metrics.EVENTS_PRODUCED.labels(self.s.topic_recommendations).inc(len(outputs))
         return writes
 
+    def _on_redis_retry(self, _exc: Exception) -> None:
+        metrics.REDIS_RETRIES.inc()
+        self.watchdog.beat_batch()  # an outage being retried is progress, not a stall
+
+    async def _inject_fault(self, b: BehaviorEvent) -> None:
+        """Test-only failpoints (RECO_FAULT_INJECTION) for the watchdog tests."""
+        if b.image_id != "__fault__" or not self.s.fault_injection:
+            return
+        log.warning("fault injection: %s", self.s.fault_injection)
+        if self.s.fault_injection == "crash":
+            raise RuntimeError("injected crash")
+        if self.s.fault_injection == "stall":
+            await asyncio.Event().wait()
+        if self.s.fault_injection == "block_loop":
+            time.sleep(3600)
+
     # ------------------------------------------------------------------ behaviour
     async def process_behavior_batch(self, events: list[faust.EventT]) -> None:
         await self.replica.ready.wait()
+        self.watchdog.start_batch()
         async with self.lock:
             await self._process_behavior_batch(events)
+        self.watchdog.end_batch()
         self.last_progress = time.monotonic()
         metrics.LAST_PROGRESS.set(time.time())
 
@@ -191,6 +212,7 @@ class Pipeline:
             try:
                 b = parse_behavior(m.value, key=m.key, max_bytes=s.max_event_bytes, max_id_length=s.max_id_length,
                                    max_future_skew_ms=s.max_future_skew_ms)
+                await self._inject_fault(b)
                 parsed[b.user_id].append((b, ev))
             except InvalidInput as exc:
                 err = invalid(exc, topic=m.topic, partition=m.partition, offset=m.offset)
@@ -307,10 +329,51 @@ class Pipeline:
         if self.lag_monitor is None:
             self.lag_monitor = LagMonitor(self.s)
         try:
+            mine = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
+            pending = False
             for row in await self.lag_monitor.group_lag(self.s.app_id, "workers", [self.s.topic_behavior]):
                 metrics.CONSUMER_LAG.labels(row.topic, str(row.partition)).set(row.lag)
+                pending |= (row.topic, row.partition) in mine and row.lag > 0
+            recovered = self.app.tables.recovery.completed.is_set()
+            self.watchdog.input_pending(pending and recovered and self.replica.ready.is_set())
         except Exception as exc:  # a gauge must never take the worker down
             log.debug("consumer lag gauge not updated: %r", exc)
+
+    async def check_redis(self) -> None:
+        """Redis is a cache of derived results: when this worker's marker key is gone (FLUSHALL, a restarted
+        Redis without persistence), republish the results of every user this worker owns."""
+        if not self.replica.ready.is_set() or not self.app.tables.recovery.completed.is_set():
+            return
+        try:
+            present = await self.store.exists(self.redis_marker)
+        except Exception as exc:
+            log.debug("redis marker check failed: %r", exc)
+            return
+        if present:
+            return
+        n = await self.repopulate()
+        await self.store.set_marker(self.redis_marker, self.worker_id)
+        if n:
+            log.warning("redis had lost this worker's results: republished %d users", n)
+
+    async def repopulate(self) -> int:
+        keys = [k for k, v in list(self.users.items()) if v is not None]
+        done = 0
+        for start in range(0, len(keys), self.s.batch_max):
+            async with self.lock:
+                states = []
+                for key in keys[start:start + self.s.batch_max]:
+                    raw = self.users.get(key)
+                    if raw is not None:
+                        try:
+                            states.append(UserState.from_bytes(raw))
+                        except StateError:
+                            continue
+                now = int(time.time() * 1000)
+                await self.publish(states, {st.user_id: {"reason": "redis-repopulate", "ts": now} for st in states})
+                done += len(states)
+        metrics.REDIS_REPOPULATED.inc(done)
+        return done
 
 
 async def _shielded(coro) -> None:
@@ -387,6 +450,22 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     @app.timer(interval=5.0)
     async def gauges():
         await pipe.refresh_gauges()
+
+    @app.timer(interval=s.redis_check_interval_s)
+    async def redis_marker():
+        await pipe.check_redis()
+
+    @app.task
+    async def watchdog():
+        """Start the watchdog thread and beat its loop-liveness clock every second from this loop."""
+        pipe.watchdog.beat_loop()
+        pipe.watchdog.start()
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                pipe.watchdog.beat_loop()
+        finally:
+            pipe.watchdog.stop()
 
     @app.page("/metrics")
     async def metrics_page(web, request):

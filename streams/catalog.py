@@ -170,7 +170,8 @@ class IndexReplica:
             return
         offsets = dict(self._positions)
         try:
-            await self._consumer.commit({TopicPartition(self.s.topic_catalog, p): OffsetAndMetadata(o, "")
+            stamp = str(int(time.time()))  # lets `reco lag` tell a live replica from one left behind
+            await self._consumer.commit({TopicPartition(self.s.topic_catalog, p): OffsetAndMetadata(o, stamp)
                                          for p, o in offsets.items()})
             self._committed = offsets
         except Exception as exc:  # reporting only

@@ -89,8 +89,8 @@ def _lag_table(rows, title: str) -> Table:
     for col in ("group", "kind", "topic", "partition", "end offset", "committed", "lag"):
         t.add_column(col, justify="right" if col in ("partition", "end offset", "committed", "lag") else "left")
     for r in rows:
-        style = "red" if r.lag > 0 else None
-        t.add_row(r.group, r.kind, r.topic, str(r.partition), str(r.end_offset),
+        style = "dim" if r.stale else "red" if r.lag > 0 else None
+        t.add_row(r.group, r.kind + (" (stale)" if r.stale else ""), r.topic, str(r.partition), str(r.end_offset),
                   "-" if r.committed is None else str(r.committed), str(r.lag), style=style)
     return t
 
@@ -100,7 +100,9 @@ def lag(max_lag: int = typer.Option(-1, "--max-lag", help="Exit with status 2 wh
                                     "this many records (for scripts and alerts); -1 = never."),
         as_json: bool = typer.Option(False, "--json", help="Print rows as JSON lines.")) -> None:
     """Consumer lag per topic/partition: end offset, committed offset and lag, for the worker group
-    (behaviour + image topics) and for each worker's index replica (catalog topic)."""
+    (behaviour + image topics) and for each worker's index replica (catalog topic).
+
+    Replicas that have not reported for 5 minutes are shown as stale and ignored by --max-lag."""
     from .lag import lag_report
 
     rows = asyncio.run(lag_report(_settings()))
@@ -109,7 +111,7 @@ def lag(max_lag: int = typer.Option(-1, "--max-lag", help="Exit with status 2 wh
             sys.stdout.write(orjson.dumps(r.to_dict()).decode() + "\n")
     else:
         console.print(_lag_table(rows, "consumer lag"))
-    worst = max((r.lag for r in rows), default=0)
+    worst = max((r.lag for r in rows if not r.stale), default=0)
     if max_lag >= 0 and worst > max_lag:
         console.print(f"[red]lag {worst} exceeds --max-lag {max_lag}[/red]")
         raise typer.Exit(2)

@@ -4,6 +4,7 @@ every index replica (each replica commits its catalog position under ``<app_id>-
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import asdict, dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -11,6 +12,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from .kafka import client_kwargs, partitions_of, stop_consumer
 from .settings import Settings
+
+STALE_REPLICA_S = 300
 
 
 @dataclass(frozen=True)
@@ -21,13 +24,20 @@ class PartitionLag:
     partition: int
     end_offset: int
     committed: int | None  # None: the group has not committed on this partition yet
+    committed_at: int | None = None  # epoch s of an index replica's last position commit
+
+    @property
+    def stale(self) -> bool:
+        """An index replica that has not reported for 5 minutes (its worker is gone or its data dir was lost)."""
+        return self.kind == "index-replica" and (self.committed_at is None
+                                                 or time.time() - self.committed_at > STALE_REPLICA_S)
 
     @property
     def lag(self) -> int:
         return self.end_offset - (self.committed or 0)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "lag": self.lag}
+        return {**asdict(self), "lag": self.lag, "stale": self.stale}
 
 
 class LagMonitor:
@@ -65,7 +75,9 @@ class LagMonitor:
         for tp in tps:
             meta = committed.get(tp)
             off = meta.offset if meta is not None and meta.offset >= 0 else None
-            out.append(PartitionLag(group, kind, tp.topic, tp.partition, ends[tp], off))
+            stamp = meta.metadata if meta is not None else ""
+            at = int(stamp) if stamp and stamp.isdigit() else None
+            out.append(PartitionLag(group, kind, tp.topic, tp.partition, ends[tp], off, at))
         return out
 
     async def replica_groups(self) -> list[str]:

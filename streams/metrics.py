@@ -18,6 +18,8 @@ UNKNOWN_IMAGE = Counter("reco_unknown_image_events",
 REDIS_WRITES = Counter("reco_redis_writes", "Redis result writes, by outcome (written|stale)", ["outcome"],
                        registry=REGISTRY)
 REDIS_RETRIES = Counter("reco_redis_retries", "Redis write attempts that failed and were retried", registry=REGISTRY)
+REDIS_REPOPULATED = Counter("reco_redis_repopulated", "Users republished after Redis lost results (flush/restart)",
+                            registry=REGISTRY)
 PUSH_REFRESHES = Counter("reco_push_refreshes", "Recommendation refreshes triggered by new images",
                          registry=REGISTRY)
 EVENT_TO_REDIS = Histogram(

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import orjson
 import redis
 import redis.asyncio as aredis
+from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -88,6 +89,8 @@ class RedisRecStore:
                     await self._script(keys=[self.key(w.user_id)],
                                        args=[w.version, w.generated_at, w.payload, self.ttl_ms], client=pipe)
                 return [int(r) for r in await pipe.execute()]
+        except (AuthenticationError, AuthorizationError):
+            raise  # subclasses of ConnectionError in redis-py, but no retry fixes a wrong password
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise RedisUnavailable(f"redis unavailable: {exc}") from exc
 
@@ -111,6 +114,16 @@ class RedisRecStore:
                 log.warning("%s; retrying %d results in %.2fs", exc, len(writes), delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(self.retry_max_s, delay * 2)
+
+    async def exists(self, key: str) -> bool:
+        try:
+            return bool(await self._redis.exists(key))
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise RedisUnavailable(f"redis unavailable: {exc}") from exc
+
+    async def set_marker(self, key: str, value: str) -> None:
+        """The worker's liveness marker: no TTL, so its absence means Redis lost data."""
+        await self._redis.set(key, value)
 
     async def ping(self) -> bool:
         try:

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECO_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RECO_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     # ------------------------------------------------------------------ Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated; where all topics live.")
@@ -77,12 +77,16 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     broker_session_timeout_s: float = Field(10.0, gt=0, description="Consumer session timeout (seconds); lower = faster failover.")
     broker_rebalance_timeout_s: float = Field(10.0, gt=0, description="Rebalance timeout (seconds); lower = faster joins.")
-    stall_timeout_s: float = Field(60.0, gt=0, description="Watchdog: no batch progress with pending input for this long = exit non-zero (seconds).")
+    stall_timeout_s: float = Field(60.0, gt=0, description="Watchdog: a batch or the event loop stuck this long, or input pending with no batch, = exit non-zero (seconds).")
+    redis_check_interval_s: float = Field(5.0, gt=0, description="How often a worker checks its Redis marker key and repopulates a flushed/restarted Redis (seconds).")
+    fault_injection: Literal["", "crash", "stall", "block_loop"] = Field("", description="Test-only failpoint: a behaviour event whose image_id is '__fault__' crashes/stalls the batch or blocks the loop.")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
             raise ValueError("RECO_KAFKA_SASL_USERNAME is required with a SASL_* protocol")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_password:
+            raise ValueError("RECO_KAFKA_SASL_PASSWORD is required with a SASL_* protocol")
         return self
 
     def redis_key(self, user_id: str) -> str:

@@ -98,8 +98,16 @@ class WorkerProcess:
             return None
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.s.web_port}/metrics", timeout=2) as r:
-            return r.read().decode()
+        """The /metrics text; retried, since a busy worker on 2 shared cores can answer slowly."""
+        for attempt in range(5):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.s.web_port}/metrics", timeout=10) as r:
+                    return r.read().decode()
+            except OSError:
+                if attempt == 4 or (self.proc is not None and self.proc.poll() is not None):
+                    raise
+                time.sleep(0.5)
+        raise AssertionError("unreachable")
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a sample's values (matching labels) in the /metrics text."""

@@ -92,7 +92,7 @@ def test_lag_report_cli_and_a_worker_catching_up(make_settings, start_worker) ->
     json_rows = [orjson.loads(line) for line in res.stdout.splitlines() if line.strip()]
     assert sorted(json_rows, key=lambda d: (d["topic"], d["partition"])) == sorted(
         (r.to_dict() for r in rows), key=lambda d: (d["topic"], d["partition"]))
-    assert all(set(d) == {"group", "kind", "topic", "partition", "end_offset", "committed", "lag"}
+    assert all(set(d) == {"group", "kind", "topic", "partition", "end_offset", "committed", "committed_at", "lag", "stale"}
                for d in json_rows)
 
     # ---------------------------------------------------------------- a worker catches up
@@ -121,6 +121,7 @@ def test_lag_report_cli_and_a_worker_catching_up(make_settings, start_worker) ->
     assert got[(s.app_id, s.topic_images, 0)].committed == N_IMAGES
     rep = got[(replica, s.topic_catalog, 0)]
     assert (rep.kind, rep.end_offset, rep.committed, rep.lag) == ("index-replica", N_IMAGES, N_IMAGES, 0)
+    assert not rep.stale and rep.committed_at is not None, "a live replica stamps its commits"
     # the 10 records before the committed offset on the busy partition were skipped, the rest consumed
     assert w.metric("reco_events_consumed_total", topic=s.topic_behavior) == N_EVENTS - 10
     assert runner.invoke(app, ["lag", "--max-lag", "0"], env=env).exit_code == 0

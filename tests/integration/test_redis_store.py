@@ -242,12 +242,6 @@ async def test_clients_without_the_password_fail_clearly(auth_server, prefix, pa
         await store.close()
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "BUG: redis-py's AuthenticationError (and AuthorizationError) subclass redis ConnectionError, so "
-    "RedisRecStore._write_once turns a wrong/missing password into RedisUnavailable and write() retries it "
-    "forever as an 'outage' (the docstring promises auth errors are raised). A misconfigured worker stalls "
-    "silently. Fix: in _write_once add `except (AuthenticationError, AuthorizationError): raise` before the "
-    "`except (RedisConnectionError, RedisTimeoutError, OSError)` clause."))
 @pytest.mark.parametrize("password", [None, "wrong-password"])
 async def test_store_write_without_the_password_raises_instead_of_retrying(auth_server, prefix, password) -> None:
     store = RedisRecStore(f"redis://127.0.0.1:{auth_server.port}/0", prefix=prefix, password=password,

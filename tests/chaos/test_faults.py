@@ -1,0 +1,135 @@
+"""Fault tests with real processes: kill -9, SIGTERM, scaling, Redis and Kafka outages, the watchdog.
+
+After each fault the final user state must equal a clean single-run replay of the same events (nothing
+lost, nothing applied twice) and every user's final result must reflect their last event.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis as redis_lib
+
+from streams.localstack import KafkaBroker, RedisServer, free_port
+from streams.watchdog import EXIT_STALLED
+from tests.chaos.workload import Workload
+from tests.conftest import wait_until
+from tests.kafka_io import produce, sync_ensure_topics
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(400)]
+
+
+def _ready_workload(make_settings, start_worker, **overrides):
+    s = make_settings(**overrides)
+    sync_ensure_topics(s)
+    wl = Workload(s)
+    wl.produce_images()
+    w = start_worker(s)
+    wait_until(lambda: w.metric("reco_index_size") == len(wl.images), 30, what="catalog indexed")
+    return s, wl, w
+
+
+def test_kill9_repeatedly_mid_stream(make_settings, start_worker):
+    s, wl, w = _ready_workload(make_settings, start_worker, partitions=3, commit_interval_s=2.0, batch_max=50)
+    chunk = len(wl.events) // 4
+    for cycle in range(3):
+        wl.produce_events(cycle * chunk, (cycle + 1) * chunk)
+        consumed = (cycle + 1) * chunk // 2
+        wait_until(lambda: w.metric("reco_events_consumed_total", topic=s.topic_behavior) >= min(consumed, 50), 30,
+                   what="some progress before the kill")
+        w.kill()
+        w = start_worker(s, name=f"after-kill-{cycle}")  # same data dir: index restored from its snapshot
+    wl.produce_events(3 * chunk, len(wl.events))
+    wl.wait_processed()
+    wl.verify()
+
+
+def test_sigterm_finishes_in_flight_batch_commits_and_exits(make_settings, start_worker):
+    s, wl, w = _ready_workload(make_settings, start_worker, partitions=2, commit_interval_s=5.0)
+    wl.produce_events(0, len(wl.events))
+    wait_until(lambda: w.metric("reco_events_consumed_total", topic=s.topic_behavior) >= 200, 30,
+               what="mid-stream")
+    t0 = time.monotonic()
+    code = w.stop(timeout=30)
+    took = time.monotonic() - t0
+    assert code == 0, f"SIGTERM exit code {code}\n{w.tail()}"
+    assert took < 15, f"SIGTERM took {took:.1f}s"
+    w2 = start_worker(s, name="after-sigterm")
+    wl.wait_processed()
+    assert w2.metric("reco_duplicate_events_total") == 0, "everything processed before SIGTERM was committed"
+    wl.verify()
+
+
+def test_scale_1_to_3_to_1_with_rebalances(make_settings, start_worker, tmp_path):
+    s, wl, w1 = _ready_workload(make_settings, start_worker, partitions=4)
+    n = len(wl.events)
+    wl.produce_events(0, n // 3)
+    others = [start_worker(s.model_copy(update={"data_dir": tmp_path / f"w{i}", "web_port": free_port()}),
+                           name=f"scale-{i}") for i in (1, 2)]
+    wl.produce_events(n // 3, 2 * n // 3)
+    wait_until(lambda: sum(x.metric("reco_events_consumed_total", topic=s.topic_behavior) for x in [w1, *others])
+               >= 2 * n // 3 * 0.5, 60, what="three workers sharing the load")
+    for x in others:
+        assert x.stop(timeout=30) == 0
+    wl.produce_events(2 * n // 3, n)
+    wl.wait_processed(timeout=120)
+    wl.verify()
+
+
+def test_redis_outage_flush_and_repopulation(make_settings, start_worker, tmp_path):
+    rs = RedisServer(tmp_path / "own-redis").start()
+    try:
+        s, wl, w = _ready_workload(make_settings, start_worker, redis_url=rs.url, redis_check_interval_s=1.0)
+        n = len(wl.events)
+        wl.produce_events(0, n // 2)
+        wl.wait_processed(upto=n // 2)
+        rs.stop()  # outage: results cannot be written; the batch is retried, not acked
+        wl.produce_events(n // 2, n)
+        wait_until(lambda: w.metric("reco_redis_retries_total") > 0, 30, what="retries during the outage")
+        time.sleep(2)
+        rs.start()  # back, but empty (no persistence): the marker is gone, so users are republished
+        wl.wait_processed(timeout=60)
+        wait_until(lambda: w.metric("reco_redis_repopulated_total") > 0, 20, what="repopulation")
+        wl.verify()
+        assert w.proc.poll() is None, "the worker lived through the outage"
+
+        redis_lib.Redis.from_url(rs.url).flushall()
+        wl.wait_processed(timeout=20)  # every user's last result is back
+    finally:
+        rs.stop()
+
+
+def test_kafka_broker_restart_mid_stream(make_settings, start_worker, tmp_path):
+    broker = KafkaBroker(tmp_path / "own-kafka").start()
+    try:
+        s, wl, w = _ready_workload(make_settings, start_worker, kafka_bootstrap=broker.bootstrap, partitions=2)
+        n = len(wl.events)
+        wl.produce_events(0, n // 2)
+        wait_until(lambda: w.metric("reco_events_consumed_total", topic=s.topic_behavior) >= n // 4, 30,
+                   what="mid-stream")
+        broker.stop()
+        time.sleep(3)
+        broker.start()
+        wl.produce_events(n // 2, n)
+        wl.wait_processed(timeout=120)
+        wl.verify()
+        assert w.proc.poll() is None, "the worker reconnected instead of dying"
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("fault,code", [("stall", EXIT_STALLED), ("block_loop", EXIT_STALLED), ("crash", 70)])
+def test_watchdog_exits_nonzero_on_crash_or_stall(make_settings, start_worker, fault, code):
+    s, wl, w = _ready_workload(make_settings, start_worker, partitions=1, fault_injection=fault,
+                               stall_timeout_s=4.0)
+    import asyncio
+
+    import orjson
+
+    asyncio.run(produce(s, s.topic_behavior, [(b"u", orjson.dumps(
+        {"user_id": "u", "image_id": "__fault__", "action": "view", "ts": 1}))]))
+    t0 = time.monotonic()
+    rc = w.proc.wait(30)
+    assert rc == code, w.tail()
+    assert time.monotonic() - t0 < 20
