@@ -47,6 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models import InterestModel, Popularity, Ranker, RecommenderCore, StateError, UserState
 from models.encoders import TextEncoder
+from models.index import make_index
 from models.errors import InvalidInput
 
 from . import metrics
@@ -75,12 +76,14 @@ def worker_identity(data_dir: Path) -> str:
 
 
 def build_core(s: Settings) -> RecommenderCore:
-    return RecommenderCore(
+    core = RecommenderCore(
         dim=s.dim, k=s.k,
         interest=InterestModel(dim=s.dim, max_interests=s.max_interests, seen_cap=s.seen_window,
                                half_life_ms=s.interest_half_life_h * 3600e3),
         ranker=Ranker(k=s.k), popularity=Popularity(half_life_ms=s.trending_half_life_h * 3600e3),
     )
+    core.index = make_index(s.dim, s.index_kind)  # set afterwards: the core swaps an *empty* index it is given
+    return core
 
 
 class _Versions:
@@ -202,8 +205,27 @@ class Pipeline:
         self.last_progress = time.monotonic()
         metrics.LAST_PROGRESS.set(time.time())
 
+    def _owned(self, events: list[faust.EventT]) -> list[faust.EventT]:
+        """Fence: drop buffered records of partitions this worker no longer owns (revoked in a rebalance).
+        Their new owner recovers the table from the changelog and reprocesses them from the committed
+        offset; writing them here would be a zombie write behind the new owner's back."""
+        assigned = self.app.consumer.assignment()
+        owned = [ev for ev in events if ev.message.tp in assigned]
+        if len(owned) < len(events):
+            metrics.REVOKED_SKIPPED.inc(len(events) - len(owned))
+            log.info("skipped %d buffered records of revoked partitions", len(events) - len(owned))
+        return owned
+
     async def _process_behavior_batch(self, events: list[faust.EventT]) -> None:
         s = self.s
+        n_in = len(events)
+        events = self._owned(events)
+        if log.isEnabledFor(logging.DEBUG):
+            spans: dict[int, list[int]] = defaultdict(list)
+            for ev in events:
+                spans[ev.message.partition].append(ev.message.offset)
+            log.debug("batch in=%d owned=%d partition: (first, last, count) %s", n_in, len(events),
+                     {p: (min(o), max(o), len(o)) for p, o in sorted(spans.items())})
         metrics.EVENTS_CONSUMED.labels(s.topic_behavior).inc(len(events))
         metrics.BATCH_SIZE.observe(len(events))
         parsed: dict[str, list[tuple[BehaviorEvent, faust.EventT]]] = defaultdict(list)
@@ -219,7 +241,10 @@ class Pipeline:
                 await self.send_dead_letter(ev, err, err.reason)
         states: list[UserState] = []
         triggers: dict[str, dict] = {}
+        assigned = self.app.consumer.assignment()
         for user_id, items in parsed.items():  # step 3
+            if items[0][1].message.tp not in assigned:
+                continue  # revoked while this batch was parsing (see _owned)
             state = self.load_state(user_id)
             last_written = None
             for b, ev in sorted(items, key=lambda x: x[1].message.offset):
@@ -403,6 +428,10 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     s = s or Settings()
     import faiss
 
+    from . import faust_fixes
+
+    faust_fixes.apply()
+
     faiss.omp_set_num_threads(s.faiss_threads)
     brokers = [f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()]
     app = faust.App(
@@ -446,6 +475,14 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
             raise
         except Exception as exc:
             _fatal(exc)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app, revoked, **kwargs):
+        log.info("partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app, assigned, **kwargs):
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
     @app.timer(interval=5.0)
     async def gauges():

@@ -20,6 +20,8 @@ REDIS_WRITES = Counter("reco_redis_writes", "Redis result writes, by outcome (wr
 REDIS_RETRIES = Counter("reco_redis_retries", "Redis write attempts that failed and were retried", registry=REGISTRY)
 REDIS_REPOPULATED = Counter("reco_redis_repopulated", "Users republished after Redis lost results (flush/restart)",
                             registry=REGISTRY)
+REVOKED_SKIPPED = Counter("reco_revoked_skipped", "Buffered records dropped because their partition was revoked "
+                          "(reprocessed by the new owner)", registry=REGISTRY)
 PUSH_REFRESHES = Counter("reco_push_refreshes", "Recommendation refreshes triggered by new images",
                          registry=REGISTRY)
 EVENT_TO_REDIS = Histogram(

@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     push_min_score: float = Field(0.5, ge=-1, le=1, description="Cosine a new image needs to a user's taste to push a refresh.")
     push_max_users: int = Field(2000, ge=0, description="Users refreshed per new-image batch, best matches first (count).")
     faiss_threads: int = Field(1, ge=1, description="FAISS OpenMP threads (count); 1 avoids spin-wait contention on small batches (2.6x faster here).")
+    index_kind: Literal["flat", "hnsw"] = Field("flat", description="Image index: 'flat' = exact search, linear in the catalog (fine to ~20k images); 'hnsw' = approximate graph search (recall@20 >= 0.95), for 100k+ images.")
     torch_threads: int = Field(1, ge=1, description="Torch CPU threads for the encoder (count); keeps the event loop responsive.")
 
     # ------------------------------------------------------------------ Redis

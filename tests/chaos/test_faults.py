@@ -95,7 +95,11 @@ def test_redis_outage_flush_and_repopulation(make_settings, start_worker, tmp_pa
         assert w.proc.poll() is None, "the worker lived through the outage"
 
         redis_lib.Redis.from_url(rs.url).flushall()
-        wl.wait_processed(timeout=20)  # every user's last result is back
+        client = redis_lib.Redis.from_url(rs.url)
+        keys = [f"{s.redis_key_prefix}{u}" for u in wl.last_event_ids()]
+        wait_until(lambda: all(client.exists(k) for k in keys), 20, what="every user's result back after FLUSHALL")
+        for k in keys:
+            assert client.ttl(k) > 0
     finally:
         rs.stop()
 

@@ -76,9 +76,11 @@ class Workload:
             replay.behavior(k, v, off)
         changelog = asyncio.run(read_all(self.s, f"{self.s.app_id}-users-changelog"))
         final = {}
-        for rec in changelog:
+        history: dict[str, list[int]] = {}
+        for rec in sorted(changelog, key=lambda r: (r.partition, r.offset)):
             if rec.value is not None:
                 final[rec.key.decode()] = UserState.from_bytes(rec.value)
+                history.setdefault(rec.key.decode(), []).append(final[rec.key.decode()].version)
         counts = {u: 0 for u in self.users}
         for k, _ in self.events:
             counts[k.decode()] += 1
@@ -86,7 +88,12 @@ class Workload:
         for u in self.users:
             if counts[u] == 0:
                 continue
-            assert final[u].version == counts[u], f"{u}: applied {final[u].version} times for {counts[u]} events"
+            if final[u].version != counts[u]:
+                mine = [(orjson.loads(v)["event_id"], m) for (k, v), m in zip(self.events, self.meta, strict=True)
+                        if k.decode() == u]
+                missing = [(e, m) for e, m in mine if e not in final[u].event_ids]
+                raise AssertionError(f"{u}: applied {final[u].version} times for {counts[u]} events; changelog "
+                                     f"versions {history[u]}; not applied (event, (partition, offset)): {missing}")
             assert final[u].same_as(replay.states[u]), f"{u}: recovered state differs from the clean replay"
             rec = client.get(u)
             ids = [i["image_id"] for i in rec["items"]]

@@ -1,0 +1,64 @@
+"""Fixes for two faust-streaming 0.15.x consumer bugs that break at-least-once delivery.
+
+1. **Off-by-one in the head-gap check** (``Consumer._new_offset``). ``_committed_offset[tp]`` holds the
+   Kafka committed offset, i.e. the *next* offset to read, but the check that refuses to commit past an
+   unacked head message reads ``if min(acked) - committed_offset > 1: return None``. When exactly the
+   message at the committed offset was never acked (e.g. it was dropped from an agent queue that
+   ``flow_control.clear()`` emptied during a rebalance) and later ones were, Faust commits past it and
+   that one event is lost. Found by ``tests/chaos/test_faults.py::test_scale_1_to_3_to_1_with_rebalances``
+   (one event per run missing, always the first offset after a commit). Fixed: any
+   ``min(acked) > committed`` not covered by known gaps (transaction markers, compaction) is a gap.
+2. **Stale acks across a rebalance.** ``on_partitions_revoked`` forgets a partition's acked offsets, but
+   acks that arrive afterwards (from a batch still in flight) recreate them; if the partition is then
+   assigned to this worker again, those stale acks can let a commit run ahead of records that were
+   re-fetched but not yet processed. Fixed: a newly assigned partition starts with clean ack bookkeeping.
+
+Both are applied once by :func:`apply` (idempotent) before the app is created.
+"""
+
+from __future__ import annotations
+
+from faust.transport.consumer import Consumer
+
+_APPLIED = False
+#: Faust's own implementation, kept for the regression test that shows the bug.
+ORIGINAL_NEW_OFFSET = Consumer._new_offset
+
+
+def _head_gap(consumer: Consumer, tp) -> bool:
+    """True when the first acked offset is beyond the committed offset and the hole is not a known gap."""
+    acked = consumer._acked[tp]
+    committed = consumer._committed_offset[tp]
+    if not acked or committed is None:
+        return False
+    lo, hi = committed, min(acked)
+    if hi <= lo:
+        return False
+    covered: set[int] = set()
+    for iv in consumer._gap[tp].overlap(lo, hi):
+        covered.update(range(max(iv.begin, lo), min(iv.end, hi)))
+    return len(covered) < hi - lo
+
+
+def apply() -> None:
+    global _APPLIED
+    if _APPLIED:
+        return
+    original_new_offset = ORIGINAL_NEW_OFFSET
+    original_assigned = Consumer.on_partitions_assigned
+
+    def _new_offset(self, tp):
+        if _head_gap(self, tp):
+            return None
+        return original_new_offset(self, tp)
+
+    async def on_partitions_assigned(self, assigned, generation_id: int = 0):
+        for tp in assigned:
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            self._gap.pop(tp, None)
+        return await original_assigned(self, assigned, generation_id)
+
+    Consumer._new_offset = _new_offset
+    Consumer.on_partitions_assigned = on_partitions_assigned
+    _APPLIED = True
