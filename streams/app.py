@@ -3,6 +3,9 @@
 Commit protocol (at-least-once end to end; each step's invariant is asserted or enforced where noted):
 
 1. ``take_events`` buffers up to ``batch_max`` behaviour records (or ``batch_within_s``) **without acking**.
+   Each partition is applied strictly in offset order with no holes (enforced by :class:`OffsetGuard`:
+   Faust can drop the record at the committed offset after a rebalance; the guard seeks back to it), which
+   is what makes the per-user ``last_offset`` dedup of step 3 exact.
 2. Each record is parsed; an invalid one is produced to ``dead-letters`` (original bytes + topic/partition/
    offset + error) and counted; it never stops the batch.
 3. Per user, in offset order: load state from the table, skip events already applied
@@ -86,6 +89,68 @@ def build_core(s: Settings) -> RecommenderCore:
     return core
 
 
+class OffsetGuard:
+    """Per-partition "next offset to apply" for this consumer generation.
+
+    Set from the group's committed offset when a partition is assigned (that is where Faust resumes).
+    ``admit`` returns the records of a batch that may be applied, in order: already-applied ones (below the
+    expectation) are dropped; at a hole the rest of that partition is dropped and a seek back to the missing
+    offset is requested (again if it has not arrived ``reseek_s`` later). The caller confirms with the log
+    whether a hole is real (e.g. a transaction marker) and then calls ``skip_to``.
+    """
+
+    def __init__(self, reseek_s: float = 5.0, clock=time.monotonic) -> None:
+        self.next: dict[Any, int] = {}
+        self.pending: dict[Any, tuple[int, float]] = {}  # tp -> (offset sought, when)
+        self.reseek_s = reseek_s
+        self._clock = clock
+
+    def reset(self, starts: dict[Any, int]) -> None:
+        self.next.update(starts)
+        for tp in starts:
+            self.pending.pop(tp, None)
+
+    def forget(self, tps) -> None:
+        for tp in list(tps):
+            self.next.pop(tp, None)
+            self.pending.pop(tp, None)
+
+    def skip_to(self, tp: Any, offset: int) -> None:
+        """The log has no record between next[tp] and ``offset``: continue from there."""
+        self.next[tp] = offset
+        self.pending.pop(tp, None)
+
+    def admit(self, events: list[faust.EventT]) -> tuple[list[faust.EventT], dict[Any, int], int]:
+        """Returns (records to apply, {tp: offset to seek back to}, number dropped as already applied)."""
+        by_tp: dict[Any, list[faust.EventT]] = defaultdict(list)
+        for ev in events:
+            by_tp[ev.message.tp].append(ev)
+        keep: list[faust.EventT] = []
+        seeks: dict[Any, int] = {}
+        dropped = 0
+        now = self._clock()
+        for tp, evs in by_tp.items():
+            evs.sort(key=lambda e: e.message.offset)
+            nxt = self.next.get(tp)
+            for ev in evs:
+                off = ev.message.offset
+                if nxt is None or off == nxt:
+                    keep.append(ev)
+                    nxt = off + 1
+                    self.pending.pop(tp, None)
+                elif off < nxt:
+                    dropped += 1  # applied earlier in this generation
+                else:  # hole: nothing past it may be applied before it
+                    sought = self.pending.get(tp)
+                    if sought is None or sought[0] != nxt or now - sought[1] > self.reseek_s:
+                        seeks[tp] = nxt
+                        self.pending[tp] = (nxt, now)
+                    break
+            if nxt is not None:
+                self.next[tp] = nxt
+        return keep, seeks, dropped
+
+
 class _Versions:
     """Result versions: strictly increasing per process, µs wall clock (comparable across workers)."""
 
@@ -126,6 +191,8 @@ class Pipeline:
         self.last_progress = time.monotonic()
         self.lag_monitor: LagMonitor | None = None
         self.watchdog = Watchdog(s.stall_timeout_s)
+        self.guard = OffsetGuard()
+        self.trace_batches = bool(os.environ.get("RECO_DEBUG_BATCHES"))
         self.redis_marker = f"{s.redis_key_prefix}__worker__:{self.worker_id}"
 
     # ------------------------------------------------------------------ helpers
@@ -216,15 +283,46 @@ class Pipeline:
             log.info("skipped %d buffered records of revoked partitions", len(events) - len(owned))
         return owned
 
+    async def _in_order(self, events: list[faust.EventT]) -> list[faust.EventT]:
+        unknown = sorted({ev.message.tp for ev in events if ev.message.tp not in self.guard.next})
+        if unknown:
+            self.guard.reset(await self._lag_monitor().start_offsets(self.s.app_id, unknown))
+        keep, seeks, dropped = self.guard.admit(events)
+        if dropped:
+            metrics.DUPLICATES.inc(dropped)
+        for tp, offset in seeks.items():
+            first = await self._lag_monitor().first_offset_from(tp, offset)
+            if first is not None and first > offset:
+                log.info("%s/%d has no record %d..%d (a real gap in the log): continuing at %d",
+                         tp.topic, tp.partition, offset, first - 1, first)
+                self.guard.skip_to(tp, first)
+                continue
+            metrics.OFFSET_HOLES.inc()
+            log.warning("hole in %s/%d at offset %d (record not delivered, e.g. after a rebalance): seeking back",
+                        tp.topic, tp.partition, offset)
+            await self.app.consumer.seek(tp, offset)
+        return keep
+
+    def _lag_monitor(self) -> LagMonitor:
+        if self.lag_monitor is None:
+            self.lag_monitor = LagMonitor(self.s)
+        return self.lag_monitor
+
+    async def on_assigned(self, assigned) -> None:
+        mine = [tp for tp in assigned if tp.topic == self.s.topic_behavior]
+        self.guard.forget(list(self.guard.next))
+        if mine:
+            self.guard.reset(await self._lag_monitor().start_offsets(self.s.app_id, mine))
+
     async def _process_behavior_batch(self, events: list[faust.EventT]) -> None:
         s = self.s
         n_in = len(events)
-        events = self._owned(events)
-        if log.isEnabledFor(logging.DEBUG):
+        events = await self._in_order(self._owned(events))
+        if self.trace_batches:
             spans: dict[int, list[int]] = defaultdict(list)
             for ev in events:
                 spans[ev.message.partition].append(ev.message.offset)
-            log.debug("batch in=%d owned=%d partition: (first, last, count) %s", n_in, len(events),
+            log.info("batch in=%d owned=%d partition: (first, last, count) %s", n_in, len(events),
                      {p: (min(o), max(o), len(o)) for p, o in sorted(spans.items())})
         metrics.EVENTS_CONSUMED.labels(s.topic_behavior).inc(len(events))
         metrics.BATCH_SIZE.observe(len(events))
@@ -351,12 +449,10 @@ class Pipeline:
         metrics.USER_TABLE_SIZE.set(len(self.users))
         if self.replica.ready.is_set():
             metrics.INDEX_REPLICA_LAG.set(await self.replica.lag())
-        if self.lag_monitor is None:
-            self.lag_monitor = LagMonitor(self.s)
         try:
             mine = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
             pending = False
-            for row in await self.lag_monitor.group_lag(self.s.app_id, "workers", [self.s.topic_behavior]):
+            for row in await self._lag_monitor().group_lag(self.s.app_id, "workers", [self.s.topic_behavior]):
                 metrics.CONSUMER_LAG.labels(row.topic, str(row.partition)).set(row.lag)
                 pending |= (row.topic, row.partition) in mine and row.lag > 0
             recovered = self.app.tables.recovery.completed.is_set()
@@ -483,6 +579,7 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs):
         log.info("partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+        await pipe.on_assigned(assigned)
 
     @app.timer(interval=5.0)
     async def gauges():

@@ -43,6 +43,8 @@ def worker() -> None:
 
     s = _settings()
     _setup_logging(s.log_level)
+    if os.environ.get("RECO_DEBUG_BATCHES"):
+        logging.getLogger("streams.app").setLevel(logging.DEBUG)
     asyncio.run(ensure_topics(s))
     faust_app, _pipe = create_app(s)
     faust.Worker(faust_app, loglevel=s.log_level, quiet=True, redirect_stdouts=False).execute_from_commandline()

@@ -1,4 +1,4 @@
-"""Fixes for two faust-streaming 0.15.x consumer bugs that break at-least-once delivery.
+"""Fixes for three faust-streaming 0.15.x consumer bugs that break at-least-once delivery.
 
 1. **Off-by-one in the head-gap check** (``Consumer._new_offset``). ``_committed_offset[tp]`` holds the
    Kafka committed offset, i.e. the *next* offset to read, but the check that refuses to commit past an
@@ -12,6 +12,12 @@
    acks that arrive afterwards (from a batch still in flight) recreate them; if the partition is then
    assigned to this worker again, those stale acks can let a commit run ahead of records that were
    re-fetched but not yet processed. Fixed: a newly assigned partition starts with clean ack bookkeeping.
+3. **Acks of skipped stale-generation messages.** After a rebalance a stream *skips* messages fetched in
+   the previous consumer generation (they are fetched again from the committed offset) but still *acks*
+   them, so their offsets count towards the next commit while the re-fetched copies are still unprocessed;
+   one more rebalance before those copies are processed and they are committed without ever being applied
+   (seen as one lost event in the 1 → 3 → 1 scaling test). Fixed: an ack from an older generation releases
+   the message but does not count towards the commit offset.
 
 Both are applied once by :func:`apply` (idempotent) before the app is created.
 """
@@ -23,6 +29,13 @@ from faust.transport.consumer import Consumer
 _APPLIED = False
 #: Faust's own implementation, kept for the regression test that shows the bug.
 ORIGINAL_NEW_OFFSET = Consumer._new_offset
+ORIGINAL_ACK = Consumer.ack
+
+
+def is_stale(consumer: Consumer, message) -> bool:
+    generation = getattr(message, "generation_id", None)
+    current = getattr(consumer.app, "consumer_generation_id", None)
+    return generation is not None and current is not None and generation != current
 
 
 def _head_gap(consumer: Consumer, tp) -> bool:
@@ -46,6 +59,7 @@ def apply() -> None:
         return
     original_new_offset = ORIGINAL_NEW_OFFSET
     original_assigned = Consumer.on_partitions_assigned
+    original_ack = ORIGINAL_ACK
 
     def _new_offset(self, tp):
         if _head_gap(self, tp):
@@ -59,6 +73,14 @@ def apply() -> None:
             self._gap.pop(tp, None)
         return await original_assigned(self, assigned, generation_id)
 
+    def ack(self, message) -> bool:
+        if is_stale(self, message):
+            message.acked = True  # released: nothing waits for it, and it is not committed
+            self._unacked_messages.discard(message)
+            return False
+        return original_ack(self, message)
+
     Consumer._new_offset = _new_offset
+    Consumer.ack = ack
     Consumer.on_partitions_assigned = on_partitions_assigned
     _APPLIED = True

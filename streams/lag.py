@@ -80,6 +80,36 @@ class LagMonitor:
             out.append(PartitionLag(group, kind, tp.topic, tp.partition, ends[tp], off, at))
         return out
 
+    async def start_offsets(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where ``group`` resumes each partition: its committed offset, else the log start (earliest)."""
+        await self.start()
+        committed = await self._admin.list_consumer_group_offsets(group, partitions=tps)
+        out = {}
+        missing = []
+        for tp in tps:
+            meta = committed.get(tp)
+            if meta is not None and meta.offset >= 0:
+                out[tp] = meta.offset
+            else:
+                missing.append(tp)
+        if missing:
+            out.update(await self._consumer.beginning_offsets(missing))
+        return out
+
+    async def first_offset_from(self, tp: TopicPartition, offset: int, timeout_s: float = 5.0) -> int | None:
+        """The offset of the first record at or after ``offset`` in the log (None: none within the timeout).
+        Tells a real gap in a partition (transaction markers) from a record a consumer failed to deliver."""
+        c = AIOKafkaConsumer(**client_kwargs(self.s), enable_auto_commit=False, isolation_level="read_committed")
+        await c.start()
+        try:
+            c.assign([tp])
+            c.seek(tp, offset)
+            batch = await c.getmany(tp, timeout_ms=int(timeout_s * 1000), max_records=1)
+            records = batch.get(tp) or []
+            return records[0].offset if records else None
+        finally:
+            await stop_consumer(c)
+
     async def replica_groups(self) -> list[str]:
         await self.start()
         prefix = f"{self.s.app_id}-index-"

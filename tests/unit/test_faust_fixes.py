@@ -53,3 +53,16 @@ def test_known_gap_fills_the_hole(patched):
 
 def test_first_commit_without_a_committed_offset_is_unchanged(patched):
     assert patched(fake(None, [5, 6, 7]), TP) == 8
+
+
+def test_stale_generation_ack_does_not_count_towards_the_commit(patched):
+    consumer = fake(None, [])
+    consumer.app = SimpleNamespace(consumer_generation_id=7)
+    consumer._unacked_messages = set()
+    class Msg:
+        generation_id, acked, tp, offset, topic = 6, False, TP, 60, "t"
+    old = Msg()
+    consumer._unacked_messages.add(old)
+    assert Consumer.ack(consumer, old) is False
+    assert old.acked and old not in consumer._unacked_messages
+    assert consumer._acked[TP] == [], "a skipped message of an old generation must not advance the commit"
