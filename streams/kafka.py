@@ -91,8 +91,15 @@ async def ensure_topics(s: Settings, timeout_s: float = 30.0) -> dict[str, int]:
                 await admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
             except TopicAlreadyExistsError:
                 pass
-        described = await admin.describe_topics([t.name for t in topic_specs(s)])
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        names = [t.name for t in topic_specs(s)]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:  # freshly created topics can be described with 0 partitions for a moment
+            described = await admin.describe_topics(names)
+            counts = {d["topic"]: len(d["partitions"]) for d in described}
+            if all(counts.get(n) for n in names) or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.2)
         for spec in topic_specs(s):
             if spec.name == s.topic_behavior and counts.get(spec.name) != s.partitions:
                 raise KafkaUnavailable(
