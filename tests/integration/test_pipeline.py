@@ -114,6 +114,17 @@ def test_recommendations_reach_redis_and_topic(make_settings, start_worker):
     assert victim not in [i["image_id"] for i in client.get(users[0])["items"]]
     assert w.metric("reco_event_to_redis_seconds_count") >= 303
 
+    # every metric family the worker declares is exported at /metrics
+    from streams.metrics import REGISTRY
+
+    text = w.metrics()
+    for family in REGISTRY.collect():
+        exported = family.name + ("_total" if family.type == "counter" else "")
+        assert f"# TYPE {exported} " in text, f"{exported} missing from /metrics"
+    assert w.metric("reco_events_produced_total", topic=s.topic_recommendations) >= len(users)
+    wait_until(lambda: w.metric("reco_user_table_size") == len(users), 10, what="user table gauge")
+    wait_until(lambda: "reco_consumer_lag{" in w.metrics(), 10, what="consumer lag gauge")
+
 
 def test_worker_results_equal_in_process_core(make_settings, start_worker):
     """One partition, one event per batch: the worker must compute exactly what the core computes in-process."""
