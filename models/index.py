@@ -339,8 +339,8 @@ class HNSWImageIndex(ImageIndex):
 
     kind = "hnsw"
 
-    def __init__(self, dim: int, kind: str | None = None, *, m: int = 32, ef_construction: int = 80,
-                 ef_search: int = 64, rebuild_ratio: float = 0.2, rebuild_min_dead: int = 64,
+    def __init__(self, dim: int, kind: str | None = None, *, m: int = 32, ef_construction: int = 40,
+                 ef_search: int = 48, rebuild_ratio: float = 0.2, rebuild_min_dead: int = 64,
                  background_min: int = 20_000) -> None:
         if kind not in (None, self.kind):
             raise ValueError(f"HNSWImageIndex is kind 'hnsw', not {kind!r}")

@@ -81,7 +81,7 @@ class BenchConfig:
     drain_s: float = 20.0  # aim for a drain of about this long (N = 1.5 × warm-up rate × drain_s)
     min_events: int = 2_000
     max_events: int = 100_000
-    preload_max_s: float = 6.0  # the pipeline is paused (SIGSTOP) while N events are pre-loaded
+    preload_max_s: float = 5.0  # the pipeline is paused (SIGSTOP) while N events are pre-loaded
     index_kind: str = "hnsw"
     k: int = 20
     partitions: int = 4
@@ -470,6 +470,8 @@ class Level:
     lag_start: int
     lag_end: int
     sustained: bool
+    mean_batch: float = float("nan")  # project only: events per processed batch (worker metrics)
+    worker_p99_ms: float = float("nan")  # project only: reco_event_to_redis_seconds p99 (bucket bound)
 
 
 @dataclass
@@ -679,8 +681,9 @@ class Harness:
             self.log(f"[{name}] ready after {row.startup_s:.1f}s; warm-up {w} events at ~{r0:,.0f}/s; pre-loaded "
                      f"{n} events ({produced:,.0f}/s) while paused; draining ...")
             spy = self._spy(proc, name)
-            samples = await self.wait_committed(admin, cons, group, topics["behavior"], w + n, proc,
-                                                cfg.drain_timeout_s, base=w)
+            samples = [(time.monotonic(), 0, proc.cpu_s())]  # resumed: the drain starts now
+            samples += await self.wait_committed(admin, cons, group, topics["behavior"], w + n, proc,
+                                                 cfg.drain_timeout_s, base=w)
             row.drained = bool(samples) and samples[-1][1] >= n
             row.rate, row.cpu_pct = _drain_rate(samples, n)
             if spy is not None:
@@ -692,12 +695,20 @@ class Harness:
                      + ("" if row.drained else f" (NOT drained within {cfg.drain_timeout_s:.0f}s)"))
             if row.drained and math.isfinite(row.rate) and row.rate > 0:
                 for f in cfg.levels:
+                    spy = self._spy(proc, f"{name}-{int(f * 100)}pct")
                     lv = await self.offered_level(prod, admin, cons, group, topics["behavior"], prefix, f, row.rate,
-                                                  src, proc)
+                                                  src, proc, info.get("port"))
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            spy.wait(30)
+                        spy = None
                     row.levels.append(lv)
                     self.log(f"[{name}] {f:.0%} load ({lv.offered_per_s:,.0f}/s offered, {lv.achieved_per_s:,.0f}/s "
                              f"sent): p50 {lv.p50_ms:.1f} p95 {lv.p95_ms:.1f} p99 {lv.p99_ms:.1f} ms, lag "
-                             f"{lv.lag_start}->{lv.lag_end}{'' if lv.sustained else ' GROWING'}")
+                             f"{lv.lag_start}->{lv.lag_end}{'' if lv.sustained else ' GROWING'}"
+                             + (f"; worker: {lv.mean_batch:.0f} events/batch, p99 <= {lv.worker_p99_ms:.0f} ms"
+                                if math.isfinite(lv.mean_batch) else ""))
             if name == "project" and cfg.new_images:
                 row.new_image_ms = await self.new_images(prod, topics["images"], info["port"])
                 self.log(f"[{name}] new image searchable after p50 {_pct(row.new_image_ms, 50):.0f} ms, "
@@ -712,7 +723,8 @@ class Harness:
             proc.stop()
         return row
 
-    async def offered_level(self, prod, admin, cons, group, topic, prefix, fraction, max_rate, src, proc) -> Level:
+    async def offered_level(self, prod, admin, cons, group, topic, prefix, fraction, max_rate, src, proc,
+                            port: int | None = None) -> Level:
         """Offer ``fraction·max_rate`` events/s for ``level_s``; probes measure event→Redis latency."""
         import redis.asyncio as aredis
 
@@ -747,6 +759,7 @@ class Harness:
 
         listener = asyncio.create_task(listen())
         await asyncio.sleep(0.2)
+        m0 = _scrape(port)
         c0, e0 = await self.lag(admin, cons, group, topic)
         lag_start = e0 - c0
         t0 = time.monotonic()
@@ -796,6 +809,7 @@ class Harness:
             await asyncio.sleep(0.25)
         stop.set()
         await listener
+        m1 = _scrape(port)
         await pubsub.aclose()
         await client.aclose()
         await reader.aclose()
@@ -803,8 +817,9 @@ class Harness:
         # the lag did not grow over the second half of the level
         slack = rate * 1.0 + 2 * cfg.batch_max
         sustained = lag_end <= slack and lag_end <= (lag_mid or 0) + max(0.25 * rate, cfg.batch_max)
+        mean_batch, wp99 = _metrics_delta(m0, m1)
         return Level(fraction, rate, achieved, len(lat), _pct(lat, 50), _pct(lat, 95), _pct(lat, 99),
-                     lag_start, lag_end, sustained)
+                     lag_start, lag_end, sustained, mean_batch, wp99)
 
     async def new_images(self, prod, topic: str, port: int) -> list[float]:
         def size() -> int:
@@ -845,6 +860,36 @@ class Harness:
         return rows
 
 
+def _scrape(port: int | None) -> dict[str, float]:
+    """The worker's batch-size and event→Redis histogram samples (project only)."""
+    if not port:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(("reco_batch_size_", "reco_event_to_redis_seconds_")):
+            head, _, value = line.rpartition(" ")
+            out[head] = float(value)
+    return out
+
+
+def _metrics_delta(m0: dict, m1: dict) -> tuple[float, float]:
+    if not m0 or not m1:
+        return float("nan"), float("nan")
+    d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
+    n = d.get("reco_batch_size_count", 0.0)
+    mean_batch = d.get("reco_batch_size_sum", 0.0) / n if n else float("nan")
+    buckets = sorted((float("inf") if 'le="+Inf"' in k else float(k.split('le="')[1].split('"')[0]), v)
+                     for k, v in d.items() if k.startswith("reco_event_to_redis_seconds_bucket"))
+    total = buckets[-1][1] if buckets else 0
+    p99 = next((le for le, c in buckets if total and c >= 0.99 * total), float("nan"))
+    return mean_batch, p99 * 1e3
+
+
 def _drain_rate(samples: list[tuple[float, int, float]], n: int) -> tuple[float, float]:
     """Slope of committed offsets between 10 % and 90 % of ``n`` (or over what was done), and the CPU %
     of the pipeline process over the same window."""
@@ -852,11 +897,8 @@ def _drain_rate(samples: list[tuple[float, int, float]], n: int) -> tuple[float,
         return float("nan"), float("nan")
     lo = next((s for s in samples if s[1] >= 0.1 * n), None)
     hi = next((s for s in samples if s[1] >= 0.9 * n), None)
-    if lo is None or hi is None or hi is lo:
-        moving = [s for s in samples if s[1] > 0]
-        if len(moving) < 2:
-            return 0.0, float("nan")
-        lo, hi = moving[0], moving[-1]
+    if lo is None or hi is None or hi is lo:  # too fast for the sampling: use the whole drain
+        lo, hi = samples[0], samples[-1]
     dt = hi[0] - lo[0]
     if dt <= 0:
         return float("nan"), float("nan")

@@ -158,6 +158,30 @@ def demo(events: int = typer.Option(3000, help="Behaviour events to publish."),
                               kafka_port=kafka_port, redis_port=redis_port, keep_stack=keep_stack))
 
 
+@app.command()
+def bench(images: int = typer.Option(100_000, help="Catalog size (images)."),
+          dim: int = typer.Option(128, help="Embedding dimension."),
+          users: int = typer.Option(10_000, help="Distinct users."),
+          index_kind: str = typer.Option("hnsw", help="Index kind for every pipeline: flat | hnsw."),
+          pipelines: str = typer.Option("floor,naive,project,floor+core", help="Comma-separated pipelines."),
+          level_s: float = typer.Option(10.0, help="Seconds per offered-load level."),
+          bootstrap: str = typer.Option(None, help="Kafka bootstrap (default: start a local broker)."),
+          redis_url: str = typer.Option(None, help="Redis URL (default: start a local redis-server)."),
+          out: str = typer.Option(None, help="Write the results as JSON here."),
+          scale: bool = typer.Option(False, "--scale", help="Run the scale curves instead (docs/img/scale.png).")) -> None:
+    """Benchmark: a floor, a naive pipeline and this project's worker side by side on the real broker and
+    Redis (events/s, latency at 10/50/90 % load, CPU, RSS, new-image latency, index search/recall)."""
+    from .bench import BenchConfig, run_bench, run_scale
+
+    if scale:
+        run_scale()
+        return
+    res = run_bench(BenchConfig(images=images, dim=dim, users=users, index_kind=index_kind, level_s=level_s,
+                                pipelines=tuple(pipelines.split(",")), bootstrap=bootstrap, redis_url=redis_url,
+                                out=out))
+    raise typer.Exit(1 if any(r["error"] for r in res["rows"]) else 0)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
