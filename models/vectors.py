@@ -43,14 +43,19 @@ def as_unit_vector(values: Any, dim: int) -> np.ndarray:
 
 def as_unit_matrix(values: Any, dim: int) -> np.ndarray:
     """Validate a batch of embeddings (n, dim); returns a new normalised float32 matrix."""
-    arr = np.array(values, dtype=np.float32)
+    try:
+        arr = np.array(values, dtype=np.float64)  # copy; float64 so huge values are caught, not overflowed
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"embeddings are not a rectangular batch of numbers: {exc}", reason="bad_embedding") from None
     if arr.ndim != 2:
         raise InvalidInput(f"expected a 2-D batch of vectors, got shape {arr.shape}", reason="bad_embedding")
     if arr.shape[1] != dim:
         raise DimensionMismatch(f"expected vectors of dimension {dim}, got {arr.shape[1]}")
     if not np.all(np.isfinite(arr)):
         raise NonFiniteVector("batch contains NaN or Inf")
+    if arr.size and np.max(np.abs(arr)) > MAX_ABS_COMPONENT:
+        raise InvalidInput(f"embedding component exceeds {MAX_ABS_COMPONENT:g}", reason="huge_values")
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     if np.any(norms == 0):
         raise ZeroVector("batch contains an all-zero vector")
-    return arr / norms
+    return (arr / norms).astype(np.float32)
