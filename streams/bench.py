@@ -64,7 +64,13 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("RECO_CACHE_DIR", ROOT / ".cache")) / "bench"
-PIPELINES = ("floor", "naive", "project", "floor+core", "naive+core")
+PIPELINES = ("floor", "naive", "project", "floor+core", "naive+core", "project-whole", "project-flat")
+#: variants of the project's worker, for before/after comparisons in one run
+PROJECT_VARIANTS = {
+    "project": {},
+    "project-whole": {"RECO_BATCH_SLICE_S": "3600"},  # results published once per batch (before slicing)
+    "project-flat": {"RECO_INDEX_KIND": "flat"},  # the exact index (before the HNSW kind)
+}
 DEFAULT_PIPELINES = ("floor", "naive", "project", "floor+core")
 ACTIONS_POS = ("view", "click", "like", "save", "share")
 ACTION_P = (0.3, 0.3, 0.2, 0.1, 0.1)
@@ -87,6 +93,7 @@ class BenchConfig:
     partitions: int = 4
     batch_max: int = 500
     levels: tuple[float, ...] = (0.1, 0.5, 0.9)
+    level_rate: float | None = None  # 100 % for the levels (events/s); None = each pipeline's own drain rate
     level_s: float = 12.0
     probe_rate: float = 40.0  # probe events per second during a level
     probes: int = 200  # probe users
@@ -99,7 +106,9 @@ class BenchConfig:
     work_dir: str | None = None
     out: str | None = None
     search_queries: int = 500
+    model_bench: bool = True  # time the project's RecommenderCore in-process (learn, recommend)
     profile_dir: str | None = None  # py-spy the pipelines during the drain (collapsed stacks per pipeline)
+    profile_idle: bool = False  # include idle (waiting) stacks in the profiles
     project_env: dict[str, str] = field(default_factory=dict)
 
     def tag(self) -> str:
@@ -255,6 +264,45 @@ def index_microbench(cfg: BenchConfig, snapshot: Path) -> dict:
     return out
 
 
+def model_microbench(cfg: BenchConfig, snapshot: Path, events: int = 2_000) -> dict:
+    """The project's RecommenderCore in-process on the same catalog: learn µs/event and recommend µs/user
+    at a full batch (500 users) and at a small one (10 users) — the model-only ceiling of any pipeline."""
+    import faiss
+
+    from models.index import restore_index
+
+    from .app import build_core
+    from .settings import Settings
+
+    faiss.omp_set_num_threads(1)
+    core = build_core(Settings(dim=cfg.dim, k=cfg.k, encoder="none"))
+    core.index, _ = restore_index(snapshot, cfg.dim)
+    src = EventSource(cfg, seed_offset=9)
+    states: dict = {}
+    now = int(time.time() * 1000)
+
+    def learn(n: int) -> float:
+        evs = [orjson.loads(src.next(now)[1]) for _ in range(n)]
+        t0 = time.perf_counter()
+        for e in evs:
+            u = e["user_id"]
+            states[u], _ = core.learn(states.get(u) or core.new_state(u), image_id=e["image_id"], action=e["action"],
+                                      ts=e["ts"], event_id=e["event_id"])
+        return (time.perf_counter() - t0) / n
+
+    learn(events)  # warm-up: cold users, first training steps, imports
+    learn_s = learn(events)
+    users = list(states.values())
+    out = {"learn_us_per_event": learn_s * 1e6}
+    for size, reps in ((500, 2), (10, 30)):
+        t0 = time.perf_counter()
+        for r in range(reps):
+            core.recommend(users[r * size:(r + 1) * size])
+        out[f"recommend_us_per_user_batch{size}"] = (time.perf_counter() - t0) / (size * reps) * 1e6
+    out["ceiling_events_per_s"] = 1e6 / (out["learn_us_per_event"] + out["recommend_us_per_user_batch500"])
+    return out
+
+
 # ============================================================================================ worker processes
 def _free_port() -> int:
     from .localstack import free_port
@@ -348,24 +396,40 @@ async def floor_worker(wc: dict) -> None:
                          fetch_max_bytes=16 * 1024 * 1024)
     await c.start()
     Path(wc["ready_file"]).write_text("ready")
+    from aiokafka.structs import OffsetAndMetadata
+
+    in_flight: asyncio.Task | None = None  # the previous batch's Redis pipeline, overlapped with this batch
+    in_flight_offsets: dict = {}
+    done: dict = {}  # offsets whose results are in Redis: safe to commit
+    last_commit = time.monotonic()
     try:
         while True:
             batches = await c.getmany(timeout_ms=100, max_records=wc["batch_max"])
-            if not batches:
-                continue
+            offsets = {}
             trig: dict[str, dict] = {}
-            for recs in batches.values():
+            for tp, recs in batches.items():
                 for r in recs:
                     e = orjson.loads(r.value)
                     model.learn(e)
                     trig[e["user_id"]] = {"event_id": e["event_id"], "ts": e["ts"]}
+                if recs:
+                    offsets[tp] = recs[-1].offset + 1
             now = int(time.time() * 1000)
             writes = []
             for u, hits in model.recommend(list(trig)):
                 v = model.next_version()
                 writes.append(RecWrite(u, v, now, _payload(u, hits, trig[u], now, v)))
-            await store.write(writes)
-            await c.commit()
+            if in_flight is not None:
+                await in_flight
+                done.update(in_flight_offsets)
+                in_flight = None
+            if writes or offsets:
+                in_flight = asyncio.ensure_future(store.write(writes))
+                in_flight_offsets = offsets
+            if done and time.monotonic() - last_commit >= 0.5:  # commit like Faust: every 0.5 s
+                await c.commit({tp: OffsetAndMetadata(o, "") for tp, o in done.items()})
+                done = {}
+                last_commit = time.monotonic()
     finally:
         await c.stop()
 
@@ -470,6 +534,9 @@ class Level:
     lag_start: int
     lag_end: int
     sustained: bool
+    cpu_us_per_event: float = float("nan")  # pipeline process CPU time / events it committed in the level
+    cpu_pct: float = float("nan")  # pipeline process CPU over the level
+    load1: float = float("nan")  # machine load average at the end of the level (shared 2-core box)
     mean_batch: float = float("nan")  # project only: events per processed batch (worker metrics)
     worker_p99_ms: float = float("nan")  # project only: reco_event_to_redis_seconds p99 (bucket bound)
 
@@ -483,6 +550,8 @@ class Row:
     cpu_pct: float = float("nan")
     rss_mb: float = float("nan")
     startup_s: float = float("nan")
+    cpu_us_per_event: float = float("nan")  # during the drain: CPU time of the pipeline process per event
+    load1: float = float("nan")  # machine load average after the drain
     levels: list[Level] = field(default_factory=list)
     new_image_ms: list[float] = field(default_factory=list)
     error: str | None = None
@@ -599,7 +668,8 @@ class Harness:
             return None
         Path(cfg.profile_dir).mkdir(parents=True, exist_ok=True)
         return subprocess.Popen([exe, "record", "-p", str(proc.proc.pid), "-r", "50", "-f", "raw", "-o",
-                                 str(Path(cfg.profile_dir) / f"{name.replace('+', '-')}.txt"), "--nonblocking"],
+                                 str(Path(cfg.profile_dir) / f"{name.replace('+', '-')}.txt"), "--nonblocking"]
+                                + (["--idle"] if cfg.profile_idle else []),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # ------------------------------------------------------------------ one pipeline
@@ -613,7 +683,7 @@ class Harness:
         wc = {"snapshot": str(snapshot), "dim": cfg.dim, "k": cfg.k, "redis_url": cfg.redis_url, "prefix": prefix,
               "topic": topics["behavior"], "bootstrap": cfg.bootstrap, "group": group, "batch_max": cfg.batch_max,
               "ready_file": str(ready_file), "partitions": cfg.partitions, "data_dir": str(data / "faust")}
-        if name != "project":
+        if name not in PROJECT_VARIANTS:
             base, _, model = name.partition("+")
             wc["model"] = model or "none"
             env = {"RECO_BENCH_WORKER": json.dumps(wc)}
@@ -630,7 +700,7 @@ class Harness:
             "RECO_IMAGE_PARTITIONS": "2", "RECO_DIM": str(cfg.dim), "RECO_K": str(cfg.k), "RECO_ENCODER": "none",
             "RECO_INDEX_KIND": cfg.index_kind, "RECO_DATA_DIR": str(data), "RECO_WEB_PORT": str(port),
             "RECO_LOG_LEVEL": "WARNING", "RECO_REDIS_KEY_PREFIX": prefix, "RECO_BATCH_MAX": str(cfg.batch_max),
-            **cfg.project_env,
+            **cfg.project_env, **PROJECT_VARIANTS[name],
         }
         proc = Proc(name, [sys.executable, "-m", "streams.cli", "worker"], env, work / f"{name}.log")
 
@@ -651,7 +721,7 @@ class Harness:
         topics = {"behavior": f"{t}-ub", "images": f"{t}-img", "catalog": f"{t}-cat", "recs": f"{t}-recs",
                   "dlq": f"{t}-dlq"}
         parts = {topics["behavior"]: cfg.partitions}
-        if name == "project":
+        if name in PROJECT_VARIANTS:
             parts.update({topics["images"]: 2, topics["catalog"]: 2, topics["recs"]: cfg.partitions, topics["dlq"]: 1})
         await self.create_topics(admin, parts)
         src = EventSource(cfg, seed_offset=PIPELINES.index(name))
@@ -686,18 +756,21 @@ class Harness:
                                                  cfg.drain_timeout_s, base=w)
             row.drained = bool(samples) and samples[-1][1] >= n
             row.rate, row.cpu_pct = _drain_rate(samples, n)
+            row.cpu_us_per_event = row.cpu_pct / 100 / row.rate * 1e6 if row.rate > 0 else float("nan")
+            row.load1 = os.getloadavg()[0]
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     spy.wait(30)
                 spy = None
-            self.log(f"[{name}] drain: {row.rate:,.0f} events/s, cpu {row.cpu_pct:.0f}%"
+            self.log(f"[{name}] drain: {row.rate:,.0f} events/s, cpu {row.cpu_pct:.0f}% = "
+                     f"{row.cpu_us_per_event:,.0f} us/event, load {row.load1:.1f}"
                      + ("" if row.drained else f" (NOT drained within {cfg.drain_timeout_s:.0f}s)"))
             if row.drained and math.isfinite(row.rate) and row.rate > 0:
                 for f in cfg.levels:
                     spy = self._spy(proc, f"{name}-{int(f * 100)}pct")
-                    lv = await self.offered_level(prod, admin, cons, group, topics["behavior"], prefix, f, row.rate,
-                                                  src, proc, info.get("port"))
+                    lv = await self.offered_level(prod, admin, cons, group, topics["behavior"], prefix, f,
+                                                  cfg.level_rate or row.rate, src, proc, info.get("port"))
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)
                         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -706,10 +779,11 @@ class Harness:
                     row.levels.append(lv)
                     self.log(f"[{name}] {f:.0%} load ({lv.offered_per_s:,.0f}/s offered, {lv.achieved_per_s:,.0f}/s "
                              f"sent): p50 {lv.p50_ms:.1f} p95 {lv.p95_ms:.1f} p99 {lv.p99_ms:.1f} ms, lag "
-                             f"{lv.lag_start}->{lv.lag_end}{'' if lv.sustained else ' GROWING'}"
+                             f"{lv.lag_start}->{lv.lag_end}{'' if lv.sustained else ' GROWING'}; cpu {lv.cpu_pct:.0f}% "
+                             f"{lv.cpu_us_per_event:,.0f} us/event, load {lv.load1:.1f}"
                              + (f"; worker: {lv.mean_batch:.0f} events/batch, p99 <= {lv.worker_p99_ms:.0f} ms"
                                 if math.isfinite(lv.mean_batch) else ""))
-            if name == "project" and cfg.new_images:
+            if name in PROJECT_VARIANTS and cfg.new_images:
                 row.new_image_ms = await self.new_images(prod, topics["images"], info["port"])
                 self.log(f"[{name}] new image searchable after p50 {_pct(row.new_image_ms, 50):.0f} ms, "
                          f"max {max(row.new_image_ms, default=float('nan')):.0f} ms")
@@ -762,6 +836,7 @@ class Harness:
         m0 = _scrape(port)
         c0, e0 = await self.lag(admin, cons, group, topic)
         lag_start = e0 - c0
+        cpu0 = proc.cpu_s()
         t0 = time.monotonic()
         sent = probes = 0
         warm = 1.0  # seconds before probes count
@@ -798,6 +873,9 @@ class Harness:
         achieved = sent / (time.monotonic() - t0)
         c1, e1 = await self.lag(admin, cons, group, topic)
         lag_end = e1 - c1
+        cpu1, t1 = proc.cpu_s(), time.monotonic()
+        cpu_per_event = (cpu1 - cpu0) / max(1, c1 - c0) * 1e6
+        cpu_pct = (cpu1 - cpu0) / (t1 - t0) * 100
         # let the tail drain (and late probes land) before the next level
         t_end = time.monotonic()
         while time.monotonic() - t_end < 30:
@@ -813,13 +891,13 @@ class Harness:
         await pubsub.aclose()
         await client.aclose()
         await reader.aclose()
-        # sustained: at most ~1 s of input queued at the end (commits trail processing by up to 0.5 s), and
-        # the lag did not grow over the second half of the level
-        slack = rate * 1.0 + 2 * cfg.batch_max
-        sustained = lag_end <= slack and lag_end <= (lag_mid or 0) + max(0.25 * rate, cfg.batch_max)
+        # sustained: at most ~1 s of input queued at the end (+0.5 s: commits trail processing by up to the
+        # commit interval), and the lag did not grow over the second half of the level
+        slack = rate * 1.5 + 50
+        sustained = lag_end <= slack and lag_end <= (lag_mid or 0) + max(0.25 * rate, 50)
         mean_batch, wp99 = _metrics_delta(m0, m1)
         return Level(fraction, rate, achieved, len(lat), _pct(lat, 50), _pct(lat, 95), _pct(lat, 99),
-                     lag_start, lag_end, sustained, mean_batch, wp99)
+                     lag_start, lag_end, sustained, cpu_per_event, cpu_pct, os.getloadavg()[0], mean_batch, wp99)
 
     async def new_images(self, prod, topic: str, port: int) -> list[float]:
         def size() -> int:
@@ -851,7 +929,11 @@ class Harness:
         rows = []
         try:
             for name in self.cfg.pipelines:
-                rows.append(await self.run_pipeline(name, work, snapshot, clients))
+                snap = snapshot
+                kind = PROJECT_VARIANTS.get(name, {}).get("RECO_INDEX_KIND")
+                if kind and kind != self.cfg.index_kind:
+                    snap = build_snapshot(BenchConfig(**{**asdict(self.cfg), "index_kind": kind}), self.log)
+                rows.append(await self.run_pipeline(name, work, snap, clients))
         finally:
             prod, admin, cons = clients
             await prod.stop()
@@ -906,18 +988,18 @@ def _drain_rate(samples: list[tuple[float, int, float]], n: int) -> tuple[float,
 
 
 # ============================================================================================ report
-def format_report(cfg: BenchConfig, rows: list[Row], micro: dict | None) -> str:
+def format_report(cfg: BenchConfig, rows: list[Row], micro: dict | None, model: dict | None = None) -> str:
     by = {r.name: r for r in rows}
     lines = [f"images={cfg.images} dim={cfg.dim} users={cfg.users} index={cfg.index_kind} k={cfg.k} "
              f"partitions={cfg.partitions} batch_max={cfg.batch_max} cores={os.cpu_count()}", ""]
-    head = f"{'pipeline':<10} {'events/s':>9} {'cpu%':>5} {'rss MB':>7} "
+    head = f"{'pipeline':<10} {'events/s':>9} {'cpu%':>5} {'cpu us/ev':>9} {'rss MB':>7} "
     for f in cfg.levels:
         head += f"| {f'p50/p95/p99 ms @{f:.0%}':>24} "
     head += "| sustained | new img ms"
     lines.append(head)
     lines.append("-" * len(head))
     for r in rows:
-        s = f"{r.name:<10} {r.rate:>9,.0f} {r.cpu_pct:>5.0f} {r.rss_mb:>7.0f} "
+        s = f"{r.name:<10} {r.rate:>9,.0f} {r.cpu_pct:>5.0f} {r.cpu_us_per_event:>9,.0f} {r.rss_mb:>7.0f} "
         for f in cfg.levels:
             lv = r.level(f)
             s += f"| {(f'{lv.p50_ms:.0f}/{lv.p95_ms:.0f}/{lv.p99_ms:.0f}' if lv else '-'):>24} "
@@ -929,7 +1011,7 @@ def format_report(cfg: BenchConfig, rows: list[Row], micro: dict | None) -> str:
         lines.append(s)
     p = by.get("project")
     if p:
-        for other in ("naive", "floor", "naive+core", "floor+core"):
+        for other in ("naive", "floor", "naive+core", "floor+core", "project-whole", "project-flat"):
             o = by.get(other)
             if o and o.rate > 0 and p.rate > 0:
                 lines.append(f"project / {other:<10} = {p.rate / o.rate:6.2f}")
@@ -943,6 +1025,14 @@ def format_report(cfg: BenchConfig, rows: list[Row], micro: dict | None) -> str:
         lines.append(f"  {micro['index_kind']} insert {micro['insert_per_s']:,.0f} images/s (batches of 256); "
                      f"one image upsert+searchable p50 {micro['single_upsert_ms_p50']:.1f} ms, "
                      f"max {micro['single_upsert_ms_max']:.1f} ms")
+    if model:
+        lines.append("")
+        lines.append("model (the project's RecommenderCore in-process, same catalog, one core):")
+        for kind, m in model.items():
+            lines.append(f"  {kind:<5} index: learn {m['learn_us_per_event']:,.0f} us/event; recommend "
+                         f"{m['recommend_us_per_user_batch500']:,.0f} us/user at 500 users/batch, "
+                         f"{m['recommend_us_per_user_batch10']:,.0f} us/user at 10 -> model-only ceiling "
+                         f"~{m['ceiling_events_per_s']:,.0f} events/s")
     return "\n".join(lines)
 
 
@@ -967,15 +1057,23 @@ def run_bench(cfg: BenchConfig | None = None, log: Callable[[str], None] | None 
         if cfg.search_queries:
             log("index micro-benchmark (search latency, recall, inserts) ...")
             micro = index_microbench(cfg, snapshot)
+        model = None
+        if cfg.model_bench:
+            model = {}
+            kinds = [cfg.index_kind] + (["flat"] if cfg.index_kind != "flat" else [])
+            for kind in kinds:  # the same model on the exact index too: what the approximate index buys
+                log(f"model micro-benchmark (the project's RecommenderCore in-process, {kind} index) ...")
+                kcfg = BenchConfig(**{**asdict(cfg), "index_kind": kind})
+                model[kind] = model_microbench(kcfg, build_snapshot(kcfg, log))
         rows = asyncio.run(h.run_all(work, snapshot))
     finally:
         h.stop_stack()
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
-    report = format_report(cfg, rows, micro)
+    report = format_report(cfg, rows, micro, model)
     print(report, flush=True)
     result = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("project_env",)},
-              "rows": [asdict(r) for r in rows], "index": micro, "report": report,
+              "rows": [asdict(r) for r in rows], "index": micro, "model": model, "report": report,
               "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
@@ -988,6 +1086,18 @@ def _rss() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
+
+
+def _index_bytes(idx) -> int:
+    """Accounted memory of an index: the FAISS structure (its serialised size) + the Python id maps."""
+    import faiss
+
+    fa = idx._g.index if hasattr(idx, "_g") else idx._index
+    total = int(faiss.serialize_index(fa).nbytes)
+    maps = [idx._created_at] + ([idx._g.slot_of, idx._g.slot_ids] if hasattr(idx, "_g") else [idx._int_of, idx._str_of])
+    total += sum(sys.getsizeof(m) for m in maps)
+    total += sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in idx._created_at.items())
+    return total
 
 
 def _typical_states(dim: int, seed: int = 3) -> dict[str, bytes]:
@@ -1045,6 +1155,7 @@ def run_scale(images: tuple[int, ...] = (10_000, 100_000, 1_000_000), users: tup
                     break
             build_s = time.perf_counter() - t0
             mem = _rss() - base
+            accounted = _index_bytes(idx)
             t1 = time.perf_counter()
             res = idx.search(q, k)
             search_us = (time.perf_counter() - t1) / queries * 1e6
@@ -1060,12 +1171,14 @@ def run_scale(images: tuple[int, ...] = (10_000, 100_000, 1_000_000), users: tup
                 idx.upsert(sid, smat, created_at=screated)
                 singles.append(time.perf_counter() - t2)
             row = {"kind": kind, "images": n, "built": built, "partial": partial, "build_s": build_s,
-                   "insert_per_s": built / build_s, "bytes_per_image": mem / max(1, built),
+                   "insert_per_s": built / build_s, "bytes_per_image": accounted / max(1, built),
+                   "rss_bytes_per_image": mem / max(1, built),
                    "search_us_per_query": search_us, f"recall@{k}": rec,
                    "single_upsert_ms_p50": float(np.percentile(singles, 50) * 1e3)}
             img_rows.append(row)
             log(f"  {kind:<5} {n:>9,} images{' (PARTIAL: ' + str(built) + ')' if partial else ''}: build "
-                f"{build_s:7.1f}s ({row['insert_per_s']:,.0f}/s), {row['bytes_per_image']:,.0f} B/image, search "
+                f"{build_s:7.1f}s ({row['insert_per_s']:,.0f}/s), {row['bytes_per_image']:,.0f} B/image "
+                f"(RSS delta {row['rss_bytes_per_image']:,.0f}), search "
                 f"{search_us:8.0f} us/query, recall@{k} {rec:.3f}, single upsert {row['single_upsert_ms_p50']:.2f} ms")
             if n == max(images) and kind == kinds[-1]:
                 keep = idx  # keep the largest catalog alive for the combined memory measurement
@@ -1085,10 +1198,11 @@ def run_scale(images: tuple[int, ...] = (10_000, 100_000, 1_000_000), users: tup
             uid = f"user-{j:06d}".encode() if j < 10**6 else f"user-{j}".encode()
             table[uid] = template.replace(b"user-000000", uid, 1)
         mem = _rss() - base
+        accounted = sys.getsizeof(table) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in table.items())
         user_rows.append({"users": u, "state_bytes": len(template), "heavy_state_bytes": len(states["heavy"]),
-                          "table_bytes_per_user": mem / u})
+                          "table_bytes_per_user": accounted / u, "rss_bytes_per_user": mem / u})
         log(f"  {u:>9,} users: UserState {len(template):,} B (heavy user {len(states['heavy']):,} B), "
-            f"in-table {mem / u:,.0f} B/user, {mem / 2**20:,.0f} MiB")
+            f"in-table {accounted / u:,.0f} B/user (RSS delta {mem / u:,.0f}), {accounted / 2**20:,.0f} MiB")
     combined = {"images": max(images), "users": max(users), "index_kind": kinds[-1], "rss_gib": _rss() / 2**30}
     log(f"  process RSS with {max(images):,} images ({kinds[-1]}) + {max(users):,} users in the table: "
         f"{combined['rss_gib']:.2f} GiB")
@@ -1120,7 +1234,7 @@ def plot_scale(result: dict, png: str) -> None:
         ax[2].plot(x, [r["bytes_per_image"] for r in rs], "o-", label=kind)
     us = result["users"]
     ax[3].plot([r["users"] for r in us], [r["table_bytes_per_user"] for r in us], "o-", label="in table")
-    ax[3].plot([r["users"] for r in us], [r["state_bytes"] for r in us], "s--", label="UserState bytes")
+    ax[3].plot([r["users"] for r in us], [r["state_bytes"] for r in us], "s--", label="UserState bytes (typical)")
     titles = ("search µs/query (1 thread)", "inserts/s (batches)", "memory B/image", "memory B/user")
     for a, t in zip(ax, titles, strict=True):
         a.set_xscale("log")
@@ -1129,6 +1243,8 @@ def plot_scale(result: dict, png: str) -> None:
         a.legend(fontsize=8)
     ax[0].set_yscale("log")
     ax[1].set_yscale("log")
+    ax[2].set_ylim(bottom=0)
+    ax[3].set_ylim(bottom=0)
     ax[0].set_xlabel("images")
     ax[1].set_xlabel("images")
     ax[2].set_xlabel("images")
@@ -1165,6 +1281,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-events", type=int, default=d.max_events)
     p.add_argument("--index-kind", default=d.index_kind, choices=("flat", "hnsw"))
     p.add_argument("--level-s", type=float, default=d.level_s)
+    p.add_argument("--level-rate", type=float, default=None,
+                   help="events/s that the levels are fractions of (default: each pipeline's own drain rate)")
     p.add_argument("--pipelines", default=",".join(d.pipelines))
     p.add_argument("--batch-max", type=int, default=d.batch_max)
     p.add_argument("--new-images", type=int, default=d.new_images)
@@ -1190,7 +1308,8 @@ def main(argv: list[str] | None = None) -> int:
                                 drain_s=a.drain_s, max_events=a.max_events, index_kind=a.index_kind, level_s=a.level_s,
                                 pipelines=tuple(a.pipelines.split(",")), batch_max=a.batch_max,
                                 new_images=a.new_images, bootstrap=a.bootstrap, redis_url=a.redis_url, out=a.out,
-                                profile_dir=a.profile_dir, search_queries=a.search_queries))
+                                profile_dir=a.profile_dir, search_queries=a.search_queries,
+                                level_rate=a.level_rate))
     return 1 if any(r["error"] for r in res["rows"]) else 0
 
 

@@ -19,7 +19,7 @@ def test_bench_prints_floor_naive_and_project_rows(kafka, redis_server, tmp_path
         max_events=2_000, levels=(0.5,), level_s=1.5, probe_rate=20.0, probes=20, new_images=2,
         search_queries=50, pipelines=("floor", "naive", "project"), bootstrap=kafka.bootstrap,
         redis_url=redis_server.url, work_dir=str(tmp_path / "bench"), out=str(tmp_path / "bench.json"),
-        drain_timeout_s=60.0,
+        drain_timeout_s=60.0, model_bench=False,
     )
     res = run_bench(cfg)
     out = capsys.readouterr().out
