@@ -541,6 +541,18 @@ async def _shielded(coro) -> None:
         raise
 
 
+async def _run_batches(stream, size: int, within: float, handler) -> None:
+    """An agent's loop: batches from ``take_events`` (acked after ``handler`` returns), each finished even
+    on SIGTERM; any error exits the process before the batch could be acked."""
+    async for events in stream.take_events(size, within=within):
+        try:
+            await _shielded(handler(list(events)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _fatal(exc)
+
+
 def _fatal(exc: BaseException) -> None:
     """A batch failed in a way no retry fixes: exit non-zero *before* take_events acks it."""
     log.critical("fatal error in batch processing, exiting so the orchestrator restarts us: %r", exc,
@@ -573,23 +585,11 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
 
     @app.agent(pipe.behavior_topic, name="behavior")
     async def behavior_agent(stream):
-        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
-            try:
-                await _shielded(pipe.process_behavior_batch(list(events)))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                _fatal(exc)
+        await _run_batches(stream, s.batch_max, s.batch_within_s, pipe.process_behavior_batch)
 
     @app.agent(pipe.images_topic, name="images")
     async def images_agent(stream):
-        async for events in stream.take_events(s.image_batch_max, within=s.batch_within_s):
-            try:
-                await _shielded(pipe.process_image_batch(list(events)))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                _fatal(exc)
+        await _run_batches(stream, s.image_batch_max, s.batch_within_s, pipe.process_image_batch)
 
     @app.task
     async def index_replica():
