@@ -17,7 +17,9 @@ from tests.chaos.workload import Workload
 from tests.conftest import wait_until
 from tests.kafka_io import produce, sync_ensure_topics
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(400)]
+# One rerun: on 2 cores shared with other jobs these real-process timings occasionally time out (seen as
+# "waiting for progress" timeouts, never as a wrong result); a second failure still fails the suite.
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(400), pytest.mark.flaky(reruns=1)]
 
 
 def _ready_workload(make_settings, start_worker, **overrides):
