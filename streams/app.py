@@ -512,8 +512,9 @@ class Pipeline:
         for start in range(0, len(keys), self.s.batch_max):
             async with self.lock:
                 states = []
-                for key in keys[start:start + self.s.batch_max]:
-                    raw = self.users.get(key)
+                chunk = [k.decode() for k in keys[start:start + self.s.batch_max]]
+                for user_id in await self.store.missing(chunk):  # only results Redis really lost
+                    raw = self.users.get(user_id.encode())
                     if raw is not None:
                         try:
                             states.append(UserState.from_bytes(raw))

@@ -121,6 +121,19 @@ class RedisRecStore:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise RedisUnavailable(f"redis unavailable: {exc}") from exc
 
+    async def missing(self, user_ids: Sequence[str]) -> list[str]:
+        """The users among ``user_ids`` that have no result in Redis (one pipeline)."""
+        if not user_ids:
+            return []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for u in user_ids:
+                    pipe.exists(self.key(u))
+                found = await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise RedisUnavailable(f"redis unavailable: {exc}") from exc
+        return [u for u, f in zip(user_ids, found, strict=True) if not f]
+
     async def set_marker(self, key: str, value: str) -> None:
         """The worker's liveness marker: no TTL, so its absence means Redis lost data."""
         await self._redis.set(key, value)
