@@ -1,7 +1,24 @@
 """``RecommenderCore``: the one object both the Kafka workers and the offline replay/evaluation drive.
 
-It owns the image index, trending counts, the interest model and the ranker; user states live outside
-(in the worker's table, or a dict in a replay) and are passed in and returned, never held.
+It owns the image index and every piece of state *shared across users*: trending counts, item-to-item
+co-visitation, the online-learned scorer of the ranker, and small bounded memories used to train it
+(the last list shown to each user, their latest skips). User states live outside (in the worker's table,
+or a dict in a replay) and are passed in and returned, never held.
+
+What one positive event does (``learn``), in this order, all from the state *before* the event:
+
+1. build a training group for the scorer: the features of the image acted on, and of every other
+   candidate the ranker would serve for this state (the set scored by the last ``recommend`` for this
+   user, or recomputed the same way), plus images the user skipped or hid since their last positive;
+   the scorer trains to put the chosen image first among them (one step every ``batch_groups`` groups);
+   the collaborative item embeddings take a step on every engagement (:mod:`models.itemvec`);
+2. count co-visitation (every engagement weighs 1) between the image and the user's recent engaged
+   images, popularity (weighted by the action's strength) and engagement statistics;
+3. update the user's interest vectors / recent / seen sets (:mod:`models.interest`).
+
+Everything is deterministic given ``seed`` and the order of calls: the only randomness is a NumPy
+generator owned by the core, and the only clock is event time (``ts``; ``now`` is the largest event or
+image time seen).
 
 >>> import numpy as np
 >>> core = RecommenderCore(dim=2, k=2)
@@ -13,20 +30,27 @@ It owns the image index, trending counts, the interest model and the ranker; use
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
-from .errors import ConfigError
+from .covisit import CoVisitation
+from .serial import rng_state, set_rng_state
+from .errors import ConfigError, StateError
 from .index import ImageIndex
 from .interest import InterestModel
-from .popularity import Popularity
-from .ranking import Ranker, RecItem
+from .itemvec import ItemEmbeddings
+from .popularity import DecayedCounts, Popularity
+from .registry import ItemRegistry
+from .ranking import N_FEATURES, Ranker, RecItem, Signals, prior_vector
+from .scorer import OnlineScorer
 from .state import UserState
 from .vectors import as_unit_vector
 
-MODEL_VERSION = "interest-mi3/ranker-blend1"
+MODEL_VERSION = "interest-mi3/covisit2/collab1/ranker-online2"
 
 
 @dataclass
@@ -34,6 +58,18 @@ class PushMatch:
     user_id: str
     image_id: str
     score: float
+
+
+class _LRU(OrderedDict):
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.cap:
+            self.popitem(last=False)
 
 
 class RecommenderCore:
@@ -48,28 +84,112 @@ class RecommenderCore:
         interest: InterestModel | None = None,
         ranker: Ranker | None = None,
         popularity: Popularity | None = None,
+        covisit: CoVisitation | None = None,
+        covisit_seq: CoVisitation | None = None,
+        popularity_long: DecayedCounts | None = None,
+        scorer: OnlineScorer | None = None,
+        embeddings: ItemEmbeddings | None = None,
+        seed: int = 0,
+        learn_ranker: bool = True,
+        max_negatives: int = 512,
+        train_min_strength: float = 1.0,
+        memory_users: int = 100_000,
+        served_users: int = 2048,
     ) -> None:
         self.dim = dim
         self.k = k
+        self._index: ImageIndex | None = None
         self.index = index or ImageIndex(dim)
-        if self.index.dim != dim:
-            raise ConfigError(f"index dim {self.index.dim} != core dim {dim}")
         self.interest = interest or InterestModel(dim=dim)
+        if self.interest.dim != dim:
+            raise ConfigError(f"interest model dim {self.interest.dim} != core dim {dim}")
         self.ranker = ranker or Ranker(k=k)
         self.popularity = popularity or Popularity()
+        reg = self.registry = ItemRegistry()  # dense ids shared by the array-backed components below
+        self.popularity_long = popularity_long or DecayedCounts(7 * 24 * 3600e3, reg)
+        self.engagement_all = DecayedCounts(30 * 24 * 3600e3, reg)
+        self.engagement_pos = DecayedCounts(30 * 24 * 3600e3, reg)
+        self.covisit = covisit if covisit is not None else CoVisitation(registry=reg)
+        self.covisit_seq = covisit_seq if covisit_seq is not None else CoVisitation(
+            window=3, gamma=0.5, query_items=3, registry=reg)
+        self.embeddings = embeddings if embeddings is not None else ItemEmbeddings(seed=seed, registry=reg)
+        if scorer is None:
+            scorer = self.ranker.scorer or OnlineScorer(
+                N_FEATURES, prior=prior_vector(), seed=seed, max_group=max_negatives + 8,
+            )
+        if scorer.n_features != N_FEATURES:
+            raise ConfigError(f"scorer takes {scorer.n_features} features, the ranker makes {N_FEATURES}")
+        self.scorer = scorer
+        self.ranker.scorer = scorer
+        self.seed = seed
+        self.learn_ranker = learn_ranker
+        self.max_negatives = max_negatives
+        self.train_min_strength = train_min_strength
+        self._rng = np.random.default_rng(seed)
+        self._now = 0
+        self._served: _LRU = _LRU(served_users)  # user -> last scored candidate set (training negatives)
+        self._skipped: _LRU = _LRU(memory_users)  # user -> ids of recent skips/hides
+        self.vector_cache_size = 50_000
 
     # ------------------------------------------------------------------ catalog
+    @property
+    def index(self) -> ImageIndex:
+        return self._index
+
+    @index.setter
+    def index(self, value: ImageIndex) -> None:
+        """The index may be swapped (a restored replica); caches derived from the old one are dropped."""
+        if value.dim != self.dim:
+            raise ConfigError(f"index dim {value.dim} != core dim {self.dim}")
+        self._index = value
+        self._fresh: list[tuple[str, int]] | None = None
+        self._vectors: dict[str, np.ndarray] = {}  # cache of index vectors (bounded, invalidated on upsert)
+        if hasattr(self, "_served"):
+            self._served.clear()
+
     def apply_images(self, upserts: Iterable[tuple[str, np.ndarray, int]], deletes: Iterable[str] = ()) -> None:
         """Batch upsert (image_id, vector, created_at) and delete image ids; vectors are validated here."""
         ups = list(upserts)
         if ups:
             mat = np.stack([as_unit_vector(v, self.dim) for _, v, _ in ups])
             self.index.upsert([i for i, _, _ in ups], mat, created_at=[c for _, _, c in ups])
+            self._fresh = None
+            for i, _, _ in ups:
+                self._vectors.pop(i, None)
         dels = list(deletes)
         if dels:
             self.index.remove(dels)
             for d in dels:
                 self.popularity.forget(d)
+                self.popularity_long.forget(d)
+                self.engagement_all.forget(d)
+                self.engagement_pos.forget(d)
+                self.covisit.forget(d)
+                self.covisit_seq.forget(d)
+                self.embeddings.forget(d)
+                self._vectors.pop(d, None)
+            self._fresh = None
+
+    def _fresh_list(self) -> list[tuple[str, int]]:
+        if self._fresh is None:
+            self._fresh = self.index.newest(self.ranker.fresh_pool)
+        return self._fresh
+
+    @property
+    def now(self) -> int:
+        """Event-time clock: the largest event ``ts`` learned so far (or newest image time if larger)."""
+        fresh = self._fresh_list()
+        return max(self._now, fresh[0][1] if fresh else 0)
+
+    def signals(self, now: int | None = None) -> Signals:
+        """The shared state the ranker reads, as of ``now`` (default: :attr:`now`)."""
+        if len(self._vectors) > self.vector_cache_size:
+            self._vectors.clear()
+        return Signals(
+            self.index, self.popularity, covisit=self.covisit, covisit_seq=self.covisit_seq,
+            popularity_long=self.popularity_long, embeddings=self.embeddings,
+            engagement_all=self.engagement_all, engagement_pos=self.engagement_pos, registry=self.registry, now=self.now if now is None else now, fresh=self._fresh_list(), vectors=self._vectors,
+        )
 
     # ------------------------------------------------------------------ behaviour
     def new_state(self, user_id: str) -> UserState:
@@ -89,18 +209,66 @@ class RecommenderCore:
         """Apply one behaviour event unless it was already applied; returns (state, applied)."""
         if self.interest.already_applied(state, offset=offset, event_id=event_id):
             return state, False
+        strength = self.interest.strength(action, dwell_ms)  # validates the action first
         vec = self.index.vectors([image_id]).get(image_id)
         new = self.interest.learn_one(
             state, image_id=image_id, action=action, ts=ts, vector=vec,
             dwell_ms=dwell_ms, offset=offset, event_id=event_id,
-        )
-        strength = self.interest.strength(action, dwell_ms)
-        if strength > 0 and vec is not None:
-            self.popularity.learn_one(image_id, strength, ts)
+        )  # validates the vector and the rest before any shared state changes
+        if vec is not None:
+            if self.learn_ranker:
+                self._train(state, image_id, strength, ts)
+            self.engagement_all.learn(image_id, 1.0, ts)
+            if strength >= self.train_min_strength:
+                self.engagement_pos.learn(image_id, 1.0, ts)
+            if strength > 0:
+                # Co-visitation counts visits: every engagement weighs 1, whatever its strength.
+                self.covisit.learn(state.recent, image_id, 1.0, ts)
+                self.covisit_seq.learn(state.recent, image_id, 1.0, ts)
+                self.popularity.learn_one(image_id, strength, ts)
+                self.popularity_long.learn(image_id, strength, ts)
+                self.embeddings.learn(state.recent, image_id)
+        self._now = max(self._now, int(ts))
         return new, True
 
+    def _train(self, state: UserState, image_id: str, strength: float, ts: int) -> None:
+        if strength < 0:
+            prev = self._skipped.get(state.user_id, ())
+            self._skipped.put(state.user_id, (prev + (image_id,))[-4:])
+            return
+        if strength < self.train_min_strength:
+            return
+        # The serving candidate set of this user state: reuse what recommend() computed for exactly this
+        # state (the usual case: a list was shown, then the user acted), else compute it the same way.
+        cached = self._served.pop(state.user_id, None)
+        sig = self.signals(max(self._now, int(ts)))
+        if cached is not None and cached.state.version == state.version and cached.state.updated_ts == state.updated_ts:
+            sc = cached
+        else:
+            sc = self.ranker.score_batch([state], sig, self.k)[0]
+        skipped = sorted(set(self._skipped.pop(state.user_id, ())) - {image_id})
+        extra = [i for i in skipped if i not in sc.ids and i in self.index]
+        rows = [j for j, i in enumerate(sc.ids) if i != image_id]
+        if len(rows) > self.max_negatives:
+            pick = self._rng.choice(len(rows), size=self.max_negatives, replace=False)
+            rows = [rows[j] for j in sorted(pick)]
+        if image_id in sc.ids and (rows or extra):
+            # Only when the chosen image was among the candidates: the scorer ranks candidates, and a
+            # positive the retrieval missed looks unlike every candidate (training on it would teach the
+            # scorer to favour "retrieved by nothing", which never helps at serving time).
+            j = sc.ids.index(image_id)
+            parts = [sc.features[j:j + 1], sc.features[rows]]
+            if extra:
+                parts.append(self.ranker.features(state, extra, sig, sc.query))
+            self.scorer.observe(np.vstack(parts))
+
     def recommend(self, states: list[UserState], k: int | None = None) -> list[list[RecItem]]:
-        return self.ranker.recommend(states, self.index, self.popularity, k or self.k)
+        k = k or self.k
+        scored = self.ranker.score_batch(states, self.signals(), k)
+        if self.learn_ranker:
+            for sc in scored:
+                self._served.put(sc.state.user_id, sc)
+        return [sc.top(k) for sc in scored]
 
     # ------------------------------------------------------------------ push on new images
     def match_new_images(
@@ -127,3 +295,53 @@ class RecommenderCore:
             if best >= min_score and ids[j] not in st.excluded():
                 out.append(PushMatch(st.user_id, ids[j], best))
         return out
+
+    # ------------------------------------------------------------------ shared state persistence
+    def shared_state_bytes(self) -> bytes:
+        """Everything learned and shared across users (co-visitation, embeddings, scorer, popularity), so a
+        restarted worker can continue where it was; the index has its own snapshot. The small per-user
+        memories used for training (last served candidates, recent skips) are not included."""
+        return orjson.dumps({
+            "v": self.model_version, "now": self._now, "rng": rng_state(self._rng),
+            "covisit": self.covisit.to_bytes().decode(), "covisit_seq": self.covisit_seq.to_bytes().decode(),
+            "embeddings": self.embeddings.to_bytes().decode(), "scorer": self.scorer.to_bytes().decode(),
+            "popularity": _pop_to(self.popularity), "popularity_long": self.popularity_long.to_dict(),
+            "engagement_all": self.engagement_all.to_dict(), "engagement_pos": self.engagement_pos.to_dict(),
+            "registry": self.registry.names,
+        })
+
+    def load_shared_state(self, raw: bytes) -> None:
+        try:
+            d = orjson.loads(raw)
+        except Exception as exc:
+            raise StateError(f"cannot decode shared state: {exc}") from exc
+        if d.get("v") != self.model_version:
+            raise StateError(f"shared state of model {d.get('v')!r}, this is {self.model_version!r}")
+        reg = ItemRegistry()
+        for name in d["registry"]:
+            reg.add(str(name))  # same ids as when saved
+        self.registry = reg
+        self.covisit = CoVisitation.from_bytes(d["covisit"].encode(), reg)
+        self.covisit_seq = CoVisitation.from_bytes(d["covisit_seq"].encode(), reg)
+        self.embeddings = ItemEmbeddings.from_bytes(d["embeddings"].encode(), reg)
+        self.scorer = OnlineScorer.from_bytes(d["scorer"].encode())
+        self.popularity = _pop_from(d["popularity"])
+        self.popularity_long = DecayedCounts.from_dict(d["popularity_long"], reg)
+        self.engagement_all = DecayedCounts.from_dict(d["engagement_all"], reg)
+        self.engagement_pos = DecayedCounts.from_dict(d["engagement_pos"], reg)
+        self.ranker.scorer = self.scorer
+        set_rng_state(self._rng, d["rng"])
+        self._now = int(d["now"])
+        self._served.clear()
+        self._skipped.clear()
+
+
+def _pop_to(p: Popularity) -> dict:
+    return {"hl": p.half_life_ms, "re": p.refresh_every, "ref": p._ref_ts, "now": p._now, "s": p._scores}
+
+
+def _pop_from(d: dict) -> Popularity:
+    p = Popularity(half_life_ms=float(d["hl"]), refresh_every=int(d["re"]))
+    p._ref_ts, p._now = int(d["ref"]), int(d["now"])
+    p._scores = {str(k): float(v) for k, v in d["s"].items()}
+    return p

@@ -12,7 +12,8 @@ Rules (all in event time, never wall-clock time, so a replay gives identical res
    than ``new_interest_below`` (cosine) and fewer than ``max_interests`` exist, it starts a new interest.
 3. A negative action (skip, hide) adds ``|a|·x`` to the negative vector; ``hide`` also records the image
    in ``hidden``.
-4. Every interacted image joins ``seen`` (bounded FIFO), so it is not recommended again.
+4. Every interacted image joins ``seen`` (bounded FIFO), so it is not recommended again; a positive one
+   also joins ``recent`` (bounded FIFO of positives, the query of the co-visitation source).
 5. An event whose image is unknown to the catalog still counts as seen, but cannot move vectors.
 """
 
@@ -48,6 +49,7 @@ class InterestModel:
     seen_cap: int = 500
     hidden_cap: int = 500
     event_id_cap: int = 256
+    recent_cap: int = 30
     action_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
 
     def new_state(self, user_id: str) -> UserState:
@@ -90,6 +92,7 @@ class InterestModel:
         weights = state.weights * decay
         negative = state.negative * decay
         hidden = state.hidden
+        recent = state.recent
 
         if vector is not None and a > 0:
             if interests.shape[0]:
@@ -107,14 +110,16 @@ class InterestModel:
                 if norm > 0:
                     interests[j] = moved / norm
                 weights[j] = weights[j] + a
+            recent = _bounded(recent, image_id, self.recent_cap)
         elif vector is not None and a < 0:
             negative = negative + np.float32(-a) * vector
         if action == "hide":
             hidden = _bounded(hidden, image_id, self.hidden_cap)
+            recent = tuple(r for r in recent if r != image_id)
 
         return state.evolve(
             interests=interests.astype(np.float32), weights=weights.astype(np.float32),
-            negative=negative.astype(np.float32), hidden=hidden,
+            negative=negative.astype(np.float32), hidden=hidden, recent=recent,
             seen=_bounded(state.seen, image_id, self.seen_cap),
             event_ids=_bounded(state.event_ids, event_id, self.event_id_cap) if event_id else state.event_ids,
             last_offset=max(state.last_offset, offset) if offset is not None else state.last_offset,

@@ -12,22 +12,38 @@ only rescale when exponents grow large.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Container
 
 
 class Popularity:
-    def __init__(self, half_life_ms: float = 6 * 3600 * 1000.0) -> None:
+    """Decayed popularity. ``top`` is exact and cheap: the best ``M`` entries are kept sorted and patched
+    on every update (decay is a common factor, so it never reorders them); ``M`` grows on demand.
+    ``refresh_every`` is accepted for compatibility and ignored."""
+
+    def __init__(self, half_life_ms: float = 6 * 3600 * 1000.0, refresh_every: int = 1) -> None:
         if half_life_ms <= 0:
             raise ValueError("half_life_ms must be positive")
+        if refresh_every < 1:
+            raise ValueError("refresh_every must be >= 1")
         self.half_life_ms = float(half_life_ms)
+        self.refresh_every = refresh_every
         self._ref_ts = 0
         self._now = 0
         self._scores: dict[str, float] = {}
+        self._asc: list[tuple[float, str]] | None = None  # the best M (raw, id), ascending
+        self._m = 0
+        self._all = False  # the cache holds every item
 
     def __len__(self) -> int:
         return len(self._scores)
+
+    @property
+    def now(self) -> int:
+        """The latest event time learned."""
+        return self._now
 
     def learn_one(self, image_id: str, weight: float, ts: int) -> None:
         if weight <= 0:
@@ -40,22 +56,66 @@ class Popularity:
             factor = 2.0 ** -exponent
             self._scores = {k: v * factor for k, v in self._scores.items() if v * factor > 1e-12}
             self._ref_ts = ts
+            self._asc = None
             exponent = 0.0
-        self._scores[image_id] = self._scores.get(image_id, 0.0) + weight * 2.0 ** exponent
+        old = self._scores.get(image_id)
+        new = (old or 0.0) + weight * 2.0 ** exponent
+        self._scores[image_id] = new
+        self._patch(image_id, old, new)
+
+    def _patch(self, image_id: str, old: float | None, new: float) -> None:
+        asc = self._asc
+        if asc is None:
+            return
+        if old is not None:
+            j = bisect.bisect_left(asc, (old, image_id))
+            if j < len(asc) and asc[j] == (old, image_id):
+                del asc[j]
+                bisect.insort(asc, (new, image_id))
+                return
+        if self._all and len(asc) < self._m:
+            bisect.insort(asc, (new, image_id))
+            return
+        if (new, image_id) > asc[0]:
+            bisect.insort(asc, (new, image_id))
+            del asc[0]
+        self._all = False
 
     def forget(self, image_id: str) -> None:
-        self._scores.pop(image_id, None)
+        old = self._scores.pop(image_id, None)
+        if old is not None and self._asc is not None:
+            j = bisect.bisect_left(self._asc, (old, image_id))
+            if j < len(self._asc) and self._asc[j] == (old, image_id):
+                self._asc = None  # the next best one is unknown: rebuild on demand
 
     def score(self, image_id: str, ts: int | None = None) -> float:
         t = self._now if ts is None else ts
         return self._scores.get(image_id, 0.0) * 2.0 ** (-(t - self._ref_ts) / self.half_life_ms)
 
+    def scores(self, image_ids) -> "np.ndarray":
+        """Decayed scores of many images at the latest event time (0 for unknown ones)."""
+        import numpy as np
+
+        f = 2.0 ** (-(self._now - self._ref_ts) / self.half_life_ms)
+        get = self._scores.get
+        return np.fromiter((get(i, 0.0) for i in image_ids), dtype=np.float64, count=len(image_ids)) * f
+
     def top(self, n: int, exclude: Container[str] = ()) -> list[tuple[str, float]]:
         """The ``n`` highest decayed scores (ties broken by id for determinism), normalised to (0, 1]."""
         if n <= 0 or not self._scores:
             return []
-        best = heapq.nlargest(n + _len(exclude), self._scores.items(), key=lambda kv: (kv[1], kv[0]))
-        best = [(k, v) for k, v in best if k not in exclude][:n]
+        m = n + _len(exclude)
+        if self._asc is None or (self._m < m and not self._all):
+            self._m = max(m, 2 * self._m, 64)
+            best = heapq.nlargest(self._m, ((v, k) for k, v in self._scores.items()))
+            self._asc = best[::-1]
+            self._all = len(best) == len(self._scores)
+        best = []
+        for v, k in reversed(self._asc):
+            if k not in exclude:
+                best.append((k, v))
+                if len(best) >= n:
+                    break
         if not best:
             return []
         top = best[0][1]
@@ -67,3 +127,84 @@ def _len(c: Container[str]) -> int:
         return len(c)  # type: ignore[arg-type]
     except TypeError:
         return 0
+
+
+class DecayedCounts:
+    """Array-backed decayed counts by :class:`~models.registry.ItemRegistry` id (vectorised lookups).
+
+    Same decay scheme as :class:`Popularity` (scores stored relative to a reference time).
+
+    >>> c = DecayedCounts(half_life_ms=1000)
+    >>> c.learn("a", 1.0, ts=0); c.learn("b", 2.0, ts=1000)
+    >>> [round(float(x), 3) for x in c.scores(["a", "b", "zz"])]
+    [0.5, 2.0, 0.0]
+    """
+
+    def __init__(self, half_life_ms: float, registry=None) -> None:
+        import numpy as np
+
+        from .registry import ItemRegistry
+
+        if half_life_ms <= 0:
+            raise ValueError("half_life_ms must be positive")
+        self.half_life_ms = float(half_life_ms)
+        self.registry = registry if registry is not None else ItemRegistry()
+        self._v = np.zeros(64, dtype=np.float64)
+        self._ref_ts = 0
+        self._now = 0
+        self._started = False
+
+    def learn(self, image_id: str, weight: float, ts: int) -> None:
+        if not math.isfinite(weight) or weight <= 0:
+            return
+        from .registry import grow
+
+        if not self._started:
+            self._started, self._ref_ts = True, ts
+        self._now = max(self._now, ts)
+        e = (ts - self._ref_ts) / self.half_life_ms
+        if e > 60:
+            self._v *= 2.0 ** -e
+            self._ref_ts, e = ts, 0.0
+        i = self.registry.add(image_id)
+        if i >= self._v.shape[0]:
+            self._v = grow(self._v, i + 1)
+        self._v[i] += weight * 2.0 ** e
+
+    def forget(self, image_id: str) -> None:
+        i = self.registry.get(image_id)
+        if i is not None and i < self._v.shape[0]:
+            self._v[i] = 0.0
+
+    def scores(self, image_ids) -> "np.ndarray":
+        return self.scores_idx(self.registry.lookup(image_ids))
+
+    def scores_idx(self, idx) -> "np.ndarray":
+        import numpy as np
+
+        ok = (idx >= 0) & (idx < self._v.shape[0])
+        out = np.zeros(idx.shape[0], dtype=np.float64)
+        out[ok] = self._v[idx[ok]]
+        return out * 2.0 ** (-(self._now - self._ref_ts) / self.half_life_ms)
+
+    def max(self) -> float:
+        return float(self._v.max(initial=0.0)) * 2.0 ** (-(self._now - self._ref_ts) / self.half_life_ms)
+
+    def to_dict(self) -> dict:
+        names = self.registry.names
+        n = min(len(names), self._v.shape[0])
+        nz = [i for i in range(n) if self._v[i] > 0]
+        return {"hl": self.half_life_ms, "ref": self._ref_ts, "now": self._now, "started": self._started,
+                "names": [names[i] for i in nz], "v": [float(self._v[i]) for i in nz]}
+
+    @classmethod
+    def from_dict(cls, d: dict, registry=None) -> "DecayedCounts":
+        from .registry import grow
+
+        self = cls(float(d["hl"]), registry)
+        self._ref_ts, self._now, self._started = int(d["ref"]), int(d["now"]), bool(d["started"])
+        ids = [self.registry.add(str(x)) for x in d["names"]]
+        self._v = grow(self._v, len(self.registry))
+        for i, v in zip(ids, d["v"], strict=True):
+            self._v[i] = float(v)
+        return self

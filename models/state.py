@@ -34,6 +34,7 @@ class UserState:
     - ``negative``: (dim,) decayed sum of skipped/hidden image vectors (not normalised; its norm is evidence).
     - ``seen``: recent interacted image ids, oldest first, bounded; never recommended again while in here.
     - ``hidden``: images the user hid, bounded; also never recommended.
+    - ``recent``: the user's recent positive images, oldest first, bounded (the co-visitation query).
     - ``last_offset``: highest input offset applied (the dedup guard for redelivered events).
     - ``event_ids``: recent event ids applied (dedup for producer retries that got new offsets).
     - ``version``: count of applied events; ``updated_ts``: event time (ms) of the last one.
@@ -50,6 +51,7 @@ class UserState:
     last_offset: int = -1
     version: int = 0
     updated_ts: int = 0
+    recent: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.interests is None:
@@ -74,7 +76,7 @@ class UserState:
         return {
             "f": STATE_FORMAT, "u": self.user_id, "d": self.dim, "m": int(self.interests.shape[0]),
             "i": _enc(self.interests), "w": _enc(self.weights), "n": _enc(self.negative),
-            "s": list(self.seen), "h": list(self.hidden), "e": list(self.event_ids),
+            "s": list(self.seen), "h": list(self.hidden), "r": list(self.recent), "e": list(self.event_ids),
             "o": self.last_offset, "v": self.version, "t": self.updated_ts,
         }
 
@@ -88,7 +90,8 @@ class UserState:
         dim, m = int(d["d"]), int(d["m"])
         return cls(
             user_id=d["u"], dim=dim, interests=_dec(d["i"], (m, dim)), weights=_dec(d["w"], (m,)),
-            negative=_dec(d["n"], (dim,)), seen=tuple(d["s"]), hidden=tuple(d["h"]), event_ids=tuple(d["e"]),
+            negative=_dec(d["n"], (dim,)), seen=tuple(d["s"]), hidden=tuple(d["h"]), recent=tuple(d.get("r", ())),
+            event_ids=tuple(d["e"]),
             last_offset=int(d["o"]), version=int(d["v"]), updated_ts=int(d["t"]),
         )
 

@@ -1,0 +1,268 @@
+"""The ranker's scoring function, learned online with torch from the stream itself.
+
+``score(x) = w · f(x) + MLP(f(x))`` over a small vector of candidate features ``f`` (see
+:data:`models.ranking.FEATURES`). ``w`` starts at a hand-set prior (so a fresh model already ranks
+sensibly) and the MLP's output layer starts at zero; both are then trained online.
+
+Training data come from the stream: for each positive event the core builds a *group* of feature rows
+computed from the user's state *before* the event: row 0 is the image the user acted on, the others are
+negatives (images the user was shown and did not pick, popular and co-visited images, random catalog
+images, and images the user recently skipped or hid). The loss is the sampled-softmax cross-entropy of
+the positive within its group, which directly trains "put the chosen image first". Groups are buffered
+and one Adam step is taken per ``batch_groups`` new groups, followed by ``replay_steps`` steps on
+minibatches drawn from a bounded replay ring of recent groups (experience replay: every group is used
+more than once, yet only the recent past is remembered). Adam's constant step size, weight decay and the
+bounded replay keep the model tracking drift rather than converging once.
+
+Inference is plain NumPy on a copy of the weights refreshed after every step (fast, and it cannot
+disturb torch's autograd state). Torch is imported lazily, on the first training step. Everything is
+deterministic given ``seed`` and the sequence of groups.
+
+>>> s = OnlineScorer(n_features=2, prior=[1.0, 0.0], batch_groups=4, lr=0.05, seed=0)
+>>> s.score(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)).round(3).tolist()
+[1.0, 0.0]
+>>> steps = [s.observe(np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32)) for _ in range(200)]
+>>> sum(steps), s.steps
+(50, 150)
+>>> bool(s.score(np.array([[0.0, 1.0]], dtype=np.float32))[0] > s.score(np.array([[1.0, 0.0]], dtype=np.float32))[0])
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+
+from .serial import rng_state, set_rng_state
+from .errors import DimensionMismatch, InvalidInput, StateError
+
+_FORMAT = 1
+
+
+class OnlineScorer:
+    def __init__(
+        self,
+        n_features: int,
+        *,
+        prior: Sequence[float] | None = None,
+        hidden: int = 32,
+        lr: float = 0.01,
+        weight_decay: float = 1e-4,
+        batch_groups: int = 16,
+        max_group: int = 1024,
+        replay: int = 2048,
+        replay_steps: int = 2,
+        replay_batch: int = 64,
+        replay_rows: int = 128,
+        seed: int = 0,
+    ) -> None:
+        if n_features < 1 or hidden < 0 or batch_groups < 1 or max_group < 2 or lr <= 0:
+            raise ValueError("n_features, batch_groups, lr must be positive, max_group >= 2, hidden >= 0")
+        if replay < 0 or replay_steps < 0 or replay_batch < 1 or replay_rows < 2:
+            raise ValueError("replay, replay_steps >= 0, replay_batch >= 1, replay_rows >= 2")
+        self.n_features = n_features
+        self.hidden = hidden
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_groups = batch_groups
+        self.max_group = max_group
+        self.replay = replay
+        self.replay_steps = replay_steps
+        self.replay_batch = replay_batch
+        self.replay_rows = replay_rows
+        self.seed = seed
+        p = np.zeros(n_features, dtype=np.float32) if prior is None else np.asarray(prior, dtype=np.float32)
+        if p.shape != (n_features,) or not np.all(np.isfinite(p)):
+            raise DimensionMismatch(f"prior must be {n_features} finite numbers")
+        self.prior = p.copy()
+        # NumPy copies of the parameters used for inference.
+        self._w = p.copy()
+        rng = np.random.default_rng(seed)
+        self._w1 = (rng.normal(size=(n_features, hidden)) / np.sqrt(n_features)).astype(np.float32)
+        self._b1 = np.zeros(hidden, dtype=np.float32)
+        self._w2 = np.zeros(hidden, dtype=np.float32)
+        self._buffer: list[np.ndarray] = []
+        self._replay: list[np.ndarray] = []  # ring buffer of past groups (rows subsampled)
+        self._replay_pos = 0
+        self._rng = np.random.default_rng([seed, 1])
+        self.steps = 0
+        self.groups_seen = 0
+        self._torch = None  # (module, optimizer), built lazily
+
+    # ------------------------------------------------------------------ inference
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Scores for an (n, n_features) matrix; the input is not modified."""
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise DimensionMismatch(f"features must be (n, {self.n_features}), got {x.shape}")
+        out = x @ self._w
+        if self.hidden:
+            out = out + np.maximum(x @ self._w1 + self._b1, 0.0) @ self._w2
+        return out
+
+    # ------------------------------------------------------------------ learning
+    def observe(self, group: np.ndarray) -> bool:
+        """Buffer one group (row 0 positive, rows 1.. negatives); returns True when a step was taken."""
+        g = np.array(group, dtype=np.float32)  # copy
+        if g.ndim != 2 or g.shape[1] != self.n_features:
+            raise DimensionMismatch(f"group must be (m, {self.n_features}), got {g.shape}")
+        if g.shape[0] < 2:
+            return False
+        if not np.all(np.isfinite(g)):
+            raise InvalidInput("feature group has NaN/Inf", reason="non_finite")
+        self._buffer.append(g[: self.max_group])
+        self.groups_seen += 1
+        if len(self._buffer) >= self.batch_groups:
+            self._step()
+            return True
+        return False
+
+    def _build(self):
+        import torch
+        from torch import nn
+
+        with torch.no_grad():
+            lin = nn.Linear(self.n_features, 1, bias=False)
+            lin.weight.copy_(torch.from_numpy(self._w[None, :]))
+            layers = {"lin": lin}
+            if self.hidden:
+                l1 = nn.Linear(self.n_features, self.hidden)
+                l2 = nn.Linear(self.hidden, 1, bias=False)
+                l1.weight.copy_(torch.from_numpy(self._w1.T.copy()))
+                l1.bias.copy_(torch.from_numpy(self._b1))
+                l2.weight.copy_(torch.from_numpy(self._w2[None, :]))
+                layers.update(l1=l1, l2=l2)
+        module = nn.ModuleDict(layers)
+        opt = torch.optim.Adam(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self._torch = (torch, module, opt)
+
+    def _forward(self, x):
+        torch, module, _ = self._torch
+        out = module["lin"](x).squeeze(-1)
+        if self.hidden:
+            out = out + module["l2"](torch.relu(module["l1"](x))).squeeze(-1)
+        return out
+
+    def _step(self) -> None:
+        if self._torch is None:
+            self._build()
+        torch, module, opt = self._torch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny tensors: threads only add OpenMP contention (with FAISS's pool)
+        try:
+            new, self._buffer = self._buffer, []
+            self._step_inner(torch, module, opt, new)
+            self.steps += 1
+            if self.replay:
+                for g in new:
+                    self._remember(g)
+                for _ in range(self.replay_steps):
+                    pick = self._rng.choice(len(self._replay), size=min(self.replay_batch, len(self._replay)), replace=False)
+                    self._step_inner(torch, module, opt, [self._replay[j] for j in sorted(pick)])
+                    self.steps += 1
+        finally:
+            torch.set_num_threads(threads)
+        self._sync()
+
+    def _remember(self, g: np.ndarray) -> None:
+        """Keep the positive and a uniform sample of ``replay_rows - 1`` negatives in the replay ring."""
+        if g.shape[0] > self.replay_rows:
+            rows = 1 + np.sort(self._rng.choice(g.shape[0] - 1, size=self.replay_rows - 1, replace=False))
+            g = np.vstack([g[:1], g[rows]])
+        if len(self._replay) < self.replay:
+            self._replay.append(g)
+        else:
+            self._replay[self._replay_pos] = g
+            self._replay_pos = (self._replay_pos + 1) % self.replay
+
+    def _step_inner(self, torch, module, opt, groups: list[np.ndarray]) -> None:
+        m = max(g.shape[0] for g in groups)
+        x = np.zeros((len(groups), m, self.n_features), dtype=np.float32)
+        mask = np.zeros((len(groups), m), dtype=bool)
+        for i, g in enumerate(groups):
+            x[i, : g.shape[0]] = g
+            mask[i, : g.shape[0]] = True
+        xt = torch.from_numpy(x)
+        mt = torch.from_numpy(mask)
+        logits = self._forward(xt).masked_fill(~mt, float("-inf"))
+        loss = -torch.log_softmax(logits, dim=1)[:, 0].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def _sync(self) -> None:
+        _, module, _ = self._torch
+        with self._torch[0].no_grad():
+            self._w = module["lin"].weight.detach().numpy()[0].copy()
+            if self.hidden:
+                self._w1 = module["l1"].weight.detach().numpy().T.copy()
+                self._b1 = module["l1"].bias.detach().numpy().copy()
+                self._w2 = module["l2"].weight.detach().numpy()[0].copy()
+
+    # ------------------------------------------------------------------ persistence
+    def weights(self) -> dict[str, np.ndarray]:
+        return {"w": self._w.copy(), "w1": self._w1.copy(), "b1": self._b1.copy(), "w2": self._w2.copy()}
+
+    def to_bytes(self) -> bytes:
+        """Parameters (and Adam's moments, if any) so a restored scorer continues identically."""
+        opt_state = None
+        if self._torch is not None:
+            torch, module, opt = self._torch
+            buf = io.BytesIO()
+            torch.save({"module": module.state_dict(), "opt": opt.state_dict()}, buf)
+            opt_state = base64.b64encode(buf.getvalue()).decode()
+        enc = {k: base64.b64encode(v.astype("<f4").tobytes()).decode() for k, v in self.weights().items()}
+        return orjson.dumps({
+            "f": _FORMAT, "n": self.n_features, "h": self.hidden, "prior": self.prior.tolist(), "p": enc,
+            "cfg": [self.lr, self.weight_decay, self.batch_groups, self.max_group, self.seed,
+                    self.replay, self.replay_steps, self.replay_batch, self.replay_rows],
+            "steps": self.steps, "groups": self.groups_seen, "torch": opt_state,
+            "buffer": [_enc_group(g) for g in self._buffer],
+            "replay_groups": [_enc_group(g) for g in self._replay], "replay_pos": self._replay_pos,
+            "rng": rng_state(self._rng),
+        })
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> OnlineScorer:
+        try:
+            d = orjson.loads(raw)
+            if d.get("f") != _FORMAT:
+                raise StateError(f"unknown scorer format {d.get('f')!r}")
+            lr, wd, bg, mg, seed, rp, rs, rb, rr = d["cfg"]
+            self = cls(int(d["n"]), prior=d["prior"], hidden=int(d["h"]), lr=lr, weight_decay=wd,
+                       batch_groups=int(bg), max_group=int(mg), seed=int(seed), replay=int(rp),
+                       replay_steps=int(rs), replay_batch=int(rb), replay_rows=int(rr))
+            shapes = {"w": (self.n_features,), "w1": (self.n_features, self.hidden), "b1": (self.hidden,),
+                      "w2": (self.hidden,)}
+            for k, shape in shapes.items():
+                arr = np.frombuffer(base64.b64decode(d["p"][k]), dtype="<f4").reshape(shape).astype(np.float32)
+                setattr(self, "_" + k, arr)
+            self.steps, self.groups_seen = int(d["steps"]), int(d["groups"])
+            self._buffer = [_dec_group(x, self.n_features) for x in d["buffer"]]
+            self._replay = [_dec_group(x, self.n_features) for x in d["replay_groups"]]
+            self._replay_pos = int(d["replay_pos"])
+            set_rng_state(self._rng, d["rng"])
+            if d["torch"] is not None:
+                self._build()
+                torch, module, opt = self._torch
+                blob = torch.load(io.BytesIO(base64.b64decode(d["torch"])), weights_only=True)
+                module.load_state_dict(blob["module"])
+                opt.load_state_dict(blob["opt"])
+            return self
+        except StateError:
+            raise
+        except Exception as exc:
+            raise StateError(f"cannot decode scorer state: {exc}") from exc
+
+
+def _enc_group(g: np.ndarray) -> list:
+    return [int(g.shape[0]), base64.b64encode(np.ascontiguousarray(g, dtype="<f4").tobytes()).decode()]
+
+
+def _dec_group(item: list, n_features: int) -> np.ndarray:
+    m, b = item
+    return np.frombuffer(base64.b64decode(b), dtype="<f4").reshape(int(m), n_features).astype(np.float32)

@@ -1,0 +1,219 @@
+"""Properties of the online-learned model components: co-visitation, item embeddings, the scorer.
+
+For each: deterministic given a seed and the order of updates, rejects NaN / wrong dimensions, never
+mutates its inputs, and its serialised state round-trips to a component that behaves identically.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.covisit import CoVisitation
+from models.errors import DimensionMismatch, InvalidInput, StateError
+from models.itemvec import ItemEmbeddings
+from models.scorer import OnlineScorer
+
+
+def _sessions(seed: int, n_users: int = 12, n_items: int = 40, n_events: int = 400):
+    """(user, image, ts) triples with planted structure: users draw from one of 4 item blocks."""
+    rng = np.random.default_rng(seed)
+    block = {f"u{u}": u % 4 for u in range(n_users)}
+    ts = 1_000
+    out = []
+    for _ in range(n_events):
+        u = f"u{int(rng.integers(n_users))}"
+        b = block[u]
+        i = int(rng.integers(n_items // 4)) + b * (n_items // 4)
+        ts += int(rng.integers(1, 60_000))
+        out.append((u, f"i{i:03d}", ts))
+    return out
+
+
+# ------------------------------------------------------------------------------------ co-visitation
+def _train_covisit(seed: int, **kw) -> tuple[CoVisitation, dict[str, list[str]]]:
+    cv = CoVisitation(**kw)
+    recent: dict[str, list[str]] = {}
+    for u, i, ts in _sessions(seed):
+        r = recent.setdefault(u, [])
+        cv.learn(r, i, 1.0, ts)
+        r.append(i)
+        del r[:-20]
+    return cv, recent
+
+
+def test_covisit_deterministic_and_finds_planted_blocks():
+    a, rec = _train_covisit(1)
+    b, _ = _train_covisit(1)
+    assert a.to_bytes() == b.to_bytes()
+    c, _ = _train_covisit(2)
+    assert a.to_bytes() != c.to_bytes()
+    top = [i for i, _ in a.candidates(["i000", "i001"], n=8)]
+    assert top and all(int(i[1:]) < 10 for i in top), top  # same block as the query
+
+
+def test_covisit_round_trip_and_bounded_neighbours():
+    cv, rec = _train_covisit(3, max_neighbors=5)
+    back = CoVisitation.from_bytes(cv.to_bytes())
+    assert back.to_bytes() == cv.to_bytes()
+    for u, r in rec.items():
+        assert back.candidates(r, 10) == cv.candidates(r, 10)
+        q1, q2 = cv.query(r), back.query(r)
+        assert np.array_equal(q1.scores, q2.scores)
+    assert all(len(cv.neighbors(f"i{j:03d}")) < 10 for j in range(40))
+    with pytest.raises(StateError):
+        CoVisitation.from_bytes(b"{not json")
+
+
+def test_covisit_rejects_non_finite_and_does_not_mutate_inputs():
+    cv, _ = _train_covisit(4)
+    before = cv.to_bytes()
+    recent = ["i000", "i001"]
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(InvalidInput):
+            cv.learn(recent, "i002", bad, 10**9)
+    assert cv.to_bytes() == before
+    cv.learn(recent, "i002", 1.0, 10**9)
+    assert recent == ["i000", "i001"]
+    ex = {"i003"}
+    cv.candidates(recent, 5, ex)
+    assert ex == {"i003"}
+
+
+def test_covisit_forget_and_decay():
+    cv = CoVisitation(half_life_ms=1000.0)
+    cv.learn([], "a", 1.0, 0)
+    cv.learn(["a"], "b", 1.0, 0)
+    m0 = cv.mass("b")
+    cv.learn([], "c", 1.0, 1000)  # one half-life later
+    assert cv.mass("b") == pytest.approx(m0 / 2)
+    cv.forget("b")
+    assert [i for i, _ in cv.candidates(["a"], 5)] == []
+
+
+# ------------------------------------------------------------------------------------ embeddings
+def _train_emb(seed: int, **kw) -> tuple[ItemEmbeddings, dict[str, list[str]]]:
+    emb = ItemEmbeddings(dim=8, seed=seed, **kw)
+    recent: dict[str, list[str]] = {}
+    for u, i, _ in _sessions(seed):
+        r = recent.setdefault(u, [])
+        emb.learn(r, i)
+        r.append(i)
+        del r[:-20]
+    return emb, recent
+
+
+def test_embeddings_deterministic_and_learn_the_blocks():
+    a, rec = _train_emb(5)
+    b, _ = _train_emb(5)
+    assert a.to_bytes() == b.to_bytes()
+    c, _ = _train_emb(6)
+    assert a.to_bytes() != c.to_bytes()
+    u = a.user_vector(["i000", "i001", "i002"])
+    aff = a.affinity(u, [f"i{j:03d}" for j in range(40)])
+    assert aff[:10].mean() > aff[10:].mean() + 0.5
+
+
+def test_embeddings_round_trip_continues_identically():
+    a, rec = _train_emb(7)
+    b = ItemEmbeddings.from_bytes(a.to_bytes())
+    assert b.to_bytes() == a.to_bytes()
+    for emb in (a, b):
+        emb.learn(["i000", "i001"], "i002")
+        emb.learn(["i010"], "i011", ["i030"])
+    assert a.to_bytes() == b.to_bytes()
+    u = a.user_vector(["i000"])
+    assert np.array_equal(a.affinity(u, ["i001", "zzz"]), b.affinity(u, ["i001", "zzz"]))
+    with pytest.raises(StateError):
+        ItemEmbeddings.from_bytes(b'{"f": 99}')
+
+
+def test_embeddings_do_not_mutate_inputs_and_handle_unknown_ids():
+    emb, _ = _train_emb(8)
+    recent = ["i000", "i001"]
+    negs = ["i020"]
+    emb.learn(recent, "i002", negs)
+    assert recent == ["i000", "i001"] and negs == ["i020"]
+    u = emb.user_vector(recent)
+    u0 = u.copy()
+    out = emb.affinity(u, ["nope", "i000"])
+    assert out[0] == 0.0 and np.array_equal(u, u0)
+    assert not np.any(emb.user_vector(["nope"]))
+    assert emb.top(np.zeros(8, dtype=np.float32), 5, set()) == []
+
+
+@pytest.mark.parametrize("kw", [{"dim": 0}, {"lr": 0.0}, {"gamma": 1.5}, {"negatives": 0}, {"replay": -1}])
+def test_embeddings_reject_bad_config(kw):
+    with pytest.raises(ValueError):
+        ItemEmbeddings(**kw)
+
+
+# ------------------------------------------------------------------------------------ scorer
+def _groups(seed: int, n: int = 120, f: int = 5) -> list[np.ndarray]:
+    """Positive rows have feature 1 high; negatives are noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        g = rng.normal(size=(8, f)).astype(np.float32)
+        g[0, 1] += 2.0
+        out.append(g)
+    return out
+
+
+def _train_scorer(seed: int, groups: list[np.ndarray]) -> OnlineScorer:
+    s = OnlineScorer(5, prior=[1.0, 0.0, 0.0, 0.0, 0.0], hidden=4, lr=0.05, batch_groups=8, replay=64, seed=seed)
+    for g in groups:
+        s.observe(g)
+    return s
+
+
+def test_scorer_deterministic_given_seed_and_learns():
+    gs = _groups(0)
+    a, b = _train_scorer(1, gs), _train_scorer(1, gs)
+    x = np.random.default_rng(9).normal(size=(20, 5)).astype(np.float32)
+    assert np.array_equal(a.score(x), b.score(x))
+    c = _train_scorer(2, gs)
+    assert not np.array_equal(a.score(x), c.score(x))
+    w = a.weights()["w"]
+    assert w[1] > w[0] and w[1] > 0.2, w  # the informative feature overtook the prior's
+
+
+def test_scorer_round_trip_mid_training_continues_identically():
+    gs = _groups(3)
+    a = _train_scorer(4, gs[:60])
+    for _ in range(3):  # leave something in the un-stepped buffer
+        a.observe(gs[60])
+    b = OnlineScorer.from_bytes(a.to_bytes())
+    assert b.to_bytes() == a.to_bytes()
+    for g in gs[61:]:
+        a.observe(g)
+        b.observe(g)
+    x = np.ones((3, 5), dtype=np.float32)
+    assert np.array_equal(a.score(x), b.score(x))
+    with pytest.raises(StateError):
+        OnlineScorer.from_bytes(b"garbage")
+
+
+def test_scorer_rejects_nan_and_wrong_dims_without_changing_state():
+    s = _train_scorer(5, _groups(5, n=20))
+    before = s.to_bytes()
+    bad = np.ones((4, 5), dtype=np.float32)
+    bad[2, 3] = np.nan
+    with pytest.raises(InvalidInput):
+        s.observe(bad)
+    with pytest.raises(DimensionMismatch):
+        s.observe(np.ones((4, 6), dtype=np.float32))
+    with pytest.raises(DimensionMismatch):
+        s.score(np.ones((4, 4), dtype=np.float32))
+    with pytest.raises(DimensionMismatch):
+        OnlineScorer(3, prior=[1.0, 2.0])
+    assert s.to_bytes() == before
+
+
+def test_scorer_does_not_mutate_inputs():
+    s = OnlineScorer(5, batch_groups=1, replay=4, seed=0)
+    g = _groups(6, n=1)[0]
+    g0 = g.copy()
+    s.observe(g)
+    s.score(g)
+    assert np.array_equal(g, g0)
