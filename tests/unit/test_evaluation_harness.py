@@ -1,0 +1,116 @@
+"""The prequential evaluation harness and the baselines (models/evaluation.py, models/baselines.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.baselines import ItemKNN, MostPopular, RecentPopular
+from models.evaluation import (
+    EvalStream,
+    build_parser,
+    load_any,
+    load_movielens,
+    main,
+    rating_action,
+    run_prequential,
+    synthetic_stream,
+)
+from models.synthetic import BehaviourEvent, SyntheticConfig, write_stream
+
+REPO = Path(__file__).resolve().parents[2]
+
+UDATA = "196\t242\t3\t881250949\n186\t302\t3\t891717742\n196\t302\t5\t881250950\n22\t377\t1\t878887116\n"
+CSV = "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.0,964981247\n2,1,2.5,964982224\n"
+
+
+def test_movielens_loaders_sort_by_time_and_map_ratings(tmp_path):
+    u = tmp_path / "u.data"
+    u.write_text(UDATA)
+    s = load_movielens(u)
+    ts = [e.ts for e in s.events]
+    assert ts == sorted(ts) and ts[0] == 878887116 * 1000
+    assert [e.rating for e in s.events] == [1.0, 3.0, 5.0, 3.0]
+    assert [s.positive(e) for e in s.events] == [False, False, True, False]
+    assert s.events[0].action == "skip" and s.events[1].action == "view" and s.events[2].action == "like"
+    c = tmp_path / "ratings.csv"
+    c.write_text(CSV)
+    s2 = load_any(c, threshold=3.5)
+    assert [e.image_id for e in s2.events] == ["m3", "m1", "m1"]
+    assert [s2.positive(e) for e in s2.events] == [True, False, True]
+    assert len(load_movielens(c, limit=2).events) == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError):
+        load_movielens(bad, fmt="csv")
+
+
+def test_rating_action_bands():
+    assert [rating_action(r, 4.0) for r in (5, 4, 3.5, 3, 2.5, 1)] == ["like", "like", "view", "view", "skip", "skip"]
+
+
+def test_baselines_never_recommend_seen_and_learn_positives():
+    ev = [BehaviourEvent("u1", "a", "like", 1), BehaviourEvent("u2", "a", "like", 2),
+          BehaviourEvent("u2", "b", "like", 3), BehaviourEvent("u3", "c", "skip", 4)]
+    for b in (MostPopular(), RecentPopular(half_life_ms=1000.0), ItemKNN()):
+        for e in ev:
+            b.learn(e, e.action == "like")
+        assert "a" not in b.recommend("u1", 5)
+        assert b.recommend("u1", 5)[0] == "b"
+        assert "c" not in b.recommend("u9", 5)  # never positive: not recommendable by popularity
+    knn_all = ItemKNN(learn_from="all")
+    for e in ev:
+        knn_all.learn(e, e.action == "like")
+    assert "c" in knn_all.recommend("u9", 5)
+    with pytest.raises(ValueError):
+        ItemKNN(learn_from="sometimes")
+
+
+def test_run_prequential_reports_every_method(tmp_path):
+    stream = synthetic_stream(SyntheticConfig(seed=1, dim=8, n_users=15, n_topics=4, n_initial_images=40,
+                                              n_new_images=5, n_events=250))
+    rep = run_prequential(stream, k=5)
+    assert rep.n_tests == stream.n_positive() > 0
+    assert set(rep.results) == {"model", "most-popular", "recent-popular", "item-knn", "item-knn-all"}
+    for r in rep.results.values():
+        assert r.tests == rep.n_tests and 0 <= r.recall <= 1 and 0 <= r.mrr <= r.recall
+        assert 0 < r.coverage <= 1 and r.events_per_s > 0 and len(r.hit_flags) == rep.n_tests
+    d = rep.to_dict()
+    assert d["best_baseline"] in rep.results and json.dumps(d)
+    assert "| model |" in rep.to_markdown()
+    png = rep.plot(tmp_path / "r.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        run_prequential(stream, k=0)
+
+
+def test_first_rating_of_an_item_is_never_a_hit(tmp_path):
+    """MovieLens items enter the catalog only after the test step of their first event (no leak)."""
+    ev = [BehaviourEvent(f"u{n}", "m1", "like", n, 5.0) for n in range(1, 4)]
+    s = EvalStream(list(ev), name="t", positive=lambda e: True)
+    rep = run_prequential(s, k=3)
+    for r in rep.results.values():
+        assert r.hit_flags[0] is False
+
+
+def test_cli_runs_on_a_stream_file_and_writes_outputs(tmp_path, capsys):
+    from models.synthetic import generate
+
+    path = tmp_path / "s.jsonl"
+    write_stream(generate(SyntheticConfig(seed=2, dim=8, n_users=10, n_topics=3, n_initial_images=30,
+                                          n_new_images=5, n_events=120)), path)
+    out_png, out_json = tmp_path / "p.png", tmp_path / "r.json"
+    assert main(["--data", str(path), "-k", "5", "--plot", str(out_png), "--json", str(out_json), "--quiet"]) == 0
+    assert out_png.exists() and json.loads(out_json.read_text())["k"] == 5
+    assert "recall@5" in capsys.readouterr().out
+
+
+def test_cli_help():
+    assert "--threshold" in build_parser().format_help()
+    r = subprocess.run([sys.executable, "-m", "models.evaluation", "--help"], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "--plot" in r.stdout and "--k" in r.stdout
