@@ -69,10 +69,11 @@ def test_recommendations_reach_redis_and_topic(make_settings, start_worker):
     asyncio.run(produce(s, s.topic_behavior, events))
     client = redis_client(s)
 
-    def all_done():
+    last = {k.decode(): orjson.loads(v)["event_id"] for k, v in events}
+
+    def all_done():  # every user's result reflects the user's last event
         got = client.get_many(users)
-        return all(r is not None for r in got.values()) and w.metric("reco_events_consumed_total",
-                                                                        topic=s.topic_behavior) >= 300
+        return all(r is not None and r["trigger"].get("event_id") == last[u] for u, r in got.items())
     wait_until(all_done, 30, what="recommendations for every user")
     elapsed = time.monotonic() - t0
     assert elapsed < 15, f"300 events took {elapsed:.1f}s to reach Redis"
@@ -80,27 +81,33 @@ def test_recommendations_reach_redis_and_topic(make_settings, start_worker):
     seen: dict[str, set[str]] = {u: set() for u in users}
     for k, v in events:
         seen[k.decode()].add(orjson.loads(v)["image_id"])
-    latest = {u: client.get(u)["rec_id"] for u in users}
 
-    def topic_by_rec_id():
+    def settled():
+        """A consistent snapshot: every user's Redis result is on the output topic and is the newest there.
+        (Consumed != processed: the last batch may still be publishing slices, so poll until quiet.)"""
+        got = client.get_many(users)
+        if not all(r is not None and r["trigger"].get("event_id") == last[u] for u, r in got.items()):
+            return None
         out = {}
         for rec in asyncio.run(read_all(s, s.topic_recommendations)):
             ev = orjson.loads(rec.value)
             assert rec.key.decode() == ev["user_id"]
             assert set(ev) >= {"user_id", "items", "generated_at", "trigger", "model_version", "rec_id"}
             out[ev["rec_id"]] = ev
-        return out if set(latest.values()) <= set(out) else None
-    on_topic = wait_until(topic_by_rec_id, 10, what="the results in Redis also on the output topic")
+        for u, r in got.items():
+            mine = [e for e in out.values() if e["user_id"] == u]
+            if r["rec_id"] not in out or max(mine, key=lambda e: e["version"])["rec_id"] != r["rec_id"]:
+                return None
+        return got, out
+    got, on_topic = wait_until(settled, 15, what="Redis holding, for every user, the newest result on the topic")
     for u in users:
-        r = client.get(u)
+        r = got[u]
         ids = [i["image_id"] for i in r["items"]]
         assert len(ids) == s.k and len(set(ids)) == s.k
         assert not set(ids) & seen[u], f"{u} was recommended images already interacted with"
         # the user's planted taste dominates the content recommendations
         assert sum(theme_of[i] == taste[u] for i in ids) >= s.k * 0.7
         assert on_topic[r["rec_id"]]["items"] == r["items"]
-        newest = max((e for e in on_topic.values() if e["user_id"] == u), key=lambda e: e["version"])
-        assert newest["rec_id"] == r["rec_id"], "Redis holds the newest result that is on the topic"
 
     # Deleting an image (tombstone) removes it from every later result.
     victim = client.get(users[0])["items"][0]["image_id"]
