@@ -466,17 +466,43 @@ def _looks_like_ratings(path: Path) -> bool:
         return fh.readline().lower().startswith("userid")
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    args = build_parser().parse_args(None if argv is None else list(argv))
-    if args.synthetic:
-        cfg = SyntheticConfig(seed=args.seed, n_events=args.synthetic_events, n_users=args.synthetic_users,
-                              dim=args.dim or 64)
+def evaluate(
+    data: Path | None = None,
+    *,
+    synthetic: bool = False,
+    fmt: str = "auto",
+    k: int = 20,
+    threshold: float = 4.0,
+    limit: int | None = None,
+    seed: int = 0,
+    synthetic_events: int = 30_000,
+    synthetic_users: int = 500,
+    dim: int | None = None,
+    item_vectors: str = "hash",
+    include_model: bool = True,
+    progress: bool = True,
+) -> EvalReport:
+    """Load a stream (a file, or a generated one with ``synthetic=True``) and run :func:`run_prequential`
+    on it: what ``python -m models.evaluation`` and ``reco eval`` do."""
+    if (data is None) == (not synthetic):
+        raise ValueError("give exactly one of data= or synthetic=True")
+    if synthetic:
+        cfg = SyntheticConfig(seed=seed, n_events=synthetic_events, n_users=synthetic_users, dim=dim or 64)
         stream = synthetic_stream(cfg)
     else:
-        stream = load_any(args.data, args.format, args.threshold, args.limit)
-    report = run_prequential(
-        stream, args.k, item_vectors=args.item_vectors, model_dim=args.dim or DEFAULT_MODEL_DIM, seed=args.seed,
-        include_model=not args.no_model, progress=not args.quiet,
+        stream = load_any(Path(data), fmt, threshold, limit)
+    return run_prequential(
+        stream, k, item_vectors=item_vectors, model_dim=dim or DEFAULT_MODEL_DIM, seed=seed,
+        include_model=include_model, progress=progress,
+    )
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = build_parser().parse_args(None if argv is None else list(argv))
+    report = evaluate(
+        args.data, synthetic=args.synthetic, fmt=args.format, k=args.k, threshold=args.threshold, limit=args.limit,
+        seed=args.seed, synthetic_events=args.synthetic_events, synthetic_users=args.synthetic_users,
+        dim=args.dim, item_vectors=args.item_vectors, include_model=not args.no_model, progress=not args.quiet,
     )
     print(report.to_markdown())
     if args.json:

@@ -6,8 +6,10 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 import orjson
+
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -180,6 +182,51 @@ def bench(images: int = typer.Option(100_000, help="Catalog size (images)."),
                                 pipelines=tuple(pipelines.split(",")), bootstrap=bootstrap, redis_url=redis_url,
                                 out=out))
     raise typer.Exit(1 if any(r["error"] for r in res["rows"]) else 0)
+
+
+@app.command("eval")
+def eval_(data: Path = typer.Option(None, "--data", help="MovieLens ratings.csv / u.data, or a generated stream "
+                                                      "(.jsonl/.csv from models.synthetic)."),
+          synthetic: bool = typer.Option(False, "--synthetic", help="Evaluate on a generated stream instead."),
+          fmt: str = typer.Option("auto", "--format", help="auto | movielens-csv | movielens-udata | stream."),
+          k: int = typer.Option(20, "-k", "--k", help="List length K for recall@K and MRR@K."),
+          threshold: float = typer.Option(4.0, help="MovieLens rating counted as a positive event."),
+          limit: int = typer.Option(None, help="Only the first N events."),
+          seed: int = typer.Option(0, help="Seed of the model (and of the generated stream)."),
+          synthetic_events: int = typer.Option(30_000, help="Events of the generated stream."),
+          synthetic_users: int = typer.Option(500, help="Users of the generated stream."),
+          dim: int = typer.Option(None, help="Embedding dim (default: 64 generated, 32 MovieLens)."),
+          no_model: bool = typer.Option(False, "--no-model", help="Baselines only."),
+          plot: Path = typer.Option(None, help="Write the recall-over-time PNG here."),
+          json_out: Path = typer.Option(None, "--json", help="Write the report as JSON here."),
+          min_lift: float = typer.Option(None, help="Exit with status 2 when the model's recall@K lift over the "
+                                                    "strongest baseline is below this (0.2 = +20 %)."),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress bar.")) -> None:
+    """Prequential (test-then-learn) evaluation: the model (the workers' RecommenderCore) and the baselines
+    (most-popular, recent-popular, item co-occurrence kNN) in one replay; recall@K, MRR@K, coverage, events/s."""
+    import json
+
+    from models.evaluation import evaluate
+
+    if (data is None) == (not synthetic):
+        raise typer.BadParameter("give exactly one of --data or --synthetic")
+    if data is not None and not data.exists():
+        raise typer.BadParameter(f"{data} does not exist (see README 'Evaluation' for fetching MovieLens)")
+    report = evaluate(data, synthetic=synthetic, fmt=fmt, k=k, threshold=threshold, limit=limit, seed=seed,
+                      synthetic_events=synthetic_events, synthetic_users=synthetic_users, dim=dim,
+                      include_model=not no_model, progress=not quiet)
+    typer.echo(report.to_markdown())
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        console.print(f"report: {json_out}")
+    if plot:
+        console.print(f"plot: {report.plot(plot)}")
+    if min_lift is not None:
+        lift = report.lift()
+        if lift is None or lift < min_lift:
+            console.print(f"[red]lift {lift} is below --min-lift {min_lift}[/red]")
+            raise typer.Exit(2)
 
 
 def main() -> None:

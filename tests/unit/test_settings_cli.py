@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import faust
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import SecretStr, ValidationError
@@ -243,6 +244,7 @@ HELP_MUST_MENTION = {
     "lag": ["--max-lag", "--json", "committed"],
     "demo-traffic": ["--events", "--rate", "--images", "--users", "--seed"],
     "demo": ["--events", "--kafka-port", "--redis-port", "--keep-stack"],
+    "eval": ["--data", "--synthetic", "--threshold", "--plot", "--min-lift", "recall@K"],
 }
 
 
@@ -270,3 +272,24 @@ def test_command_help(cmd) -> None:
 def test_unknown_command_fails() -> None:
     res = runner.invoke(app, ["frobnicate"], env=SECRET_ENV, prog_name="reco")
     assert res.exit_code == 2
+
+
+def test_eval_runs_model_and_baselines_and_gates_on_lift(tmp_path) -> None:
+    """`reco eval` on a small generated stream: a table with the model and every baseline, the JSON report
+    and the PNG; --min-lift turns a lift below the bar into exit status 2."""
+    args = ["eval", "--synthetic", "--synthetic-events", "800", "--synthetic-users", "40", "--dim", "16",
+            "--quiet", "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")]
+    res = runner.invoke(app, args + ["--min-lift", "-1"], prog_name="reco")
+    assert res.exit_code == 0, res.output
+    for name in ("model", "most-popular", "recent-popular", "item-knn"):
+        assert f"| {name} |" in res.output
+    report = orjson.loads((tmp_path / "r.json").read_bytes())
+    assert set(report["methods"]) >= {"model", "most-popular", "recent-popular", "item-knn"}
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+    gated = runner.invoke(app, args + ["--min-lift", "1000"], prog_name="reco")
+    assert gated.exit_code == 2 and "below --min-lift" in gated.output
+
+
+def test_eval_needs_exactly_one_source(tmp_path) -> None:
+    assert runner.invoke(app, ["eval"], prog_name="reco").exit_code == 2
+    assert runner.invoke(app, ["eval", "--data", str(tmp_path / "nope.csv")], prog_name="reco").exit_code == 2
