@@ -98,15 +98,18 @@ class RecommenderCore:
     ) -> None:
         self.dim = dim
         self.k = k
+        # Components given by the caller are used as they are, even when empty: ``is None``, never ``or``
+        # (an empty ImageIndex/Popularity is falsy through ``__len__``).
         self._index: ImageIndex | None = None
-        self.index = index or ImageIndex(dim)
-        self.interest = interest or InterestModel(dim=dim)
+        self.index = index if index is not None else ImageIndex(dim)  # the setter checks the dim
+        self.interest = interest if interest is not None else InterestModel(dim=dim)
         if self.interest.dim != dim:
             raise ConfigError(f"interest model dim {self.interest.dim} != core dim {dim}")
-        self.ranker = ranker or Ranker(k=k)
-        self.popularity = popularity or Popularity()
+        self.ranker = ranker if ranker is not None else Ranker(k=k)
+        self.popularity = popularity if popularity is not None else Popularity()
         reg = self.registry = ItemRegistry()  # dense ids shared by the array-backed components below
-        self.popularity_long = popularity_long or DecayedCounts(7 * 24 * 3600e3, reg)
+        self.popularity_long = popularity_long if popularity_long is not None else DecayedCounts(
+            7 * 24 * 3600e3, reg)
         self.engagement_all = DecayedCounts(30 * 24 * 3600e3, reg)
         self.engagement_pos = DecayedCounts(30 * 24 * 3600e3, reg)
         self.covisit = covisit if covisit is not None else CoVisitation(registry=reg)
@@ -114,7 +117,7 @@ class RecommenderCore:
             window=3, gamma=0.5, query_items=3, registry=reg)
         self.embeddings = embeddings if embeddings is not None else ItemEmbeddings(seed=seed, registry=reg)
         if scorer is None:
-            scorer = self.ranker.scorer or OnlineScorer(
+            scorer = self.ranker.scorer if self.ranker.scorer is not None else OnlineScorer(
                 N_FEATURES, prior=prior_vector(), seed=seed, max_group=max_negatives + 8,
             )
         if scorer.n_features != N_FEATURES:
@@ -276,7 +279,9 @@ class RecommenderCore:
     ) -> list[PushMatch]:
         """Users (among ``states``) for whom some new image scores at least ``min_score`` on a taste vector.
 
-        One matrix product (users' interests × new images); a user appears once, with their best image.
+        One matrix product (users' interests × new images); a user appears once, with their best new image
+        among those they have not seen or hidden (an image's score is its best cosine over the user's
+        interests; ties go to the earlier id in ``image_ids``). Images not in the index are ignored.
         """
         vecs = self.index.vectors(image_ids)
         warm = [s for s in states if not s.is_cold]
@@ -289,10 +294,16 @@ class RecommenderCore:
         sims = rows @ img.T
         out: list[PushMatch] = []
         for u, st in enumerate(warm):
-            block = sims[owner == u]
-            j = int(np.argmax(block.max(axis=0)))
-            best = float(block[:, j].max())
-            if best >= min_score and ids[j] not in st.excluded():
+            per_image = sims[owner == u].max(axis=0)
+            excluded = st.excluded()
+            allowed = np.fromiter((i not in excluded for i in ids), dtype=bool, count=len(ids))
+            if not allowed.any():
+                continue
+            # The best image the user may still receive: seen/hidden ones are skipped, not a reason to drop
+            # the user when another new image also matches.
+            j = int(np.argmax(np.where(allowed, per_image, -np.inf)))
+            best = float(per_image[j])
+            if best >= min_score:
                 out.append(PushMatch(st.user_id, ids[j], best))
         return out
 

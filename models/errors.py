@@ -3,7 +3,7 @@
 ``RecommenderError``
   ├── ``InvalidInput``            bad data from outside; carries a short ``reason`` code (dead-letter label)
   │     ├── ``DimensionMismatch`` vector of the wrong length (rejected, never truncated or padded)
-  │     ├── ``NonFiniteVector``   NaN or ±Inf in a vector
+  │     ├── ``NonFiniteVector``   NaN or ±Inf in a vector (or in a weight)
   │     └── ``ZeroVector``        all-zero vector (no direction to compare by)
   ├── ``StateError``              persisted state (snapshot, table value) cannot be decoded
   └── ``ConfigError``             settings that contradict each other (e.g. encoder dim != index dim)

@@ -54,7 +54,7 @@ import faiss
 import numpy as np
 import orjson
 
-from .errors import DimensionMismatch, InvalidInput, StateError
+from .errors import DimensionMismatch, InvalidInput, NonFiniteVector, StateError, ZeroVector
 from .vectors import as_unit_matrix
 
 log = logging.getLogger(__name__)
@@ -146,29 +146,25 @@ class ImageIndex:
 
     # ------------------------------------------------------------------ mutation
     def upsert(self, image_ids: Sequence[str], vectors: np.ndarray, created_at: Sequence[int] | None = None) -> None:
-        """Insert or replace a batch of images. ``vectors`` is (n, dim); it is validated and normalised (copied)."""
+        """Insert or replace a batch of images. ``vectors`` is (n, dim); it is validated and normalised (copied).
+
+        ``created_at`` (optional, one per id; 0 when not given) orders :meth:`newest`. The whole batch is
+        validated before anything changes: a bad batch raises :class:`InvalidInput` and leaves the index
+        as it was.
+        """
         if len(image_ids) == 0:
             return
-        mat = as_unit_matrix(vectors, self.dim)
-        if mat.shape[0] != len(image_ids):
-            raise InvalidInput(f"{len(image_ids)} ids for {mat.shape[0]} vectors", reason="bad_batch")
-        # Last write wins inside one batch, as on the compacted topic.
-        last: dict[str, int] = {}
-        for row, image_id in enumerate(image_ids):
-            last[image_id] = row
-        ids = list(last)
-        rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+        mat, ids, rows, created = _prepare_upsert(self.dim, image_ids, vectors, created_at)
         with self._lock:
             self.remove([i for i in ids if i in self._int_of])
             new_ints = np.arange(self._next_id, self._next_id + len(ids), dtype=np.int64)
             self._next_id += len(ids)
             self._index.add_with_ids(np.ascontiguousarray(mat[rows]), new_ints)
-            for image_id, iid, row in zip(ids, new_ints.tolist(), rows.tolist(), strict=True):
+            for image_id, iid, c in zip(ids, new_ints.tolist(), created, strict=True):
                 self._int_of[image_id] = iid
                 self._str_of[iid] = image_id
-                created = int(created_at[row]) if created_at is not None else 0
-                self._created_at[image_id] = created
-                self._newest.offer(image_id, created)
+                self._created_at[image_id] = c
+                self._newest.offer(image_id, c)
 
     def remove(self, image_ids: Iterable[str]) -> int:
         """Remove a batch of images; unknown ids are ignored. Returns how many were removed."""
@@ -210,10 +206,13 @@ class ImageIndex:
         return self._newest.top(n, self._created_at)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """One batched search; returns per query up to ``k`` (image_id, cosine) pairs, best first."""
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise DimensionMismatch(f"queries must be (n, {self.dim}), got {q.shape}")
+        """One batched search; returns per query up to ``k`` (image_id, inner product) pairs, best first.
+
+        Queries are (n, dim) and searched as given (unit queries give cosines). Like
+        :func:`~models.vectors.as_unit_matrix`, a wrong shape raises :class:`DimensionMismatch`, NaN/Inf
+        :class:`NonFiniteVector` and an all-zero query :class:`ZeroVector`.
+        """
+        q = _check_queries(queries, self.dim)
         if q.shape[0] == 0 or len(self) == 0 or k <= 0:
             return [[] for _ in range(q.shape[0])]
         kk = min(k, len(self))
@@ -257,6 +256,47 @@ class ImageIndex:
         if self._index.ntotal != len(self._int_of):
             raise StateError(f"{path}: index holds {self._index.ntotal} vectors but metadata {len(self._int_of)}")
         return self, {int(p): o for p, o in meta["offsets"].items()}
+
+
+def _check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    """Search queries as a float32 (n, dim) array, validated but not normalised (scores are inner products)."""
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise DimensionMismatch(f"queries must be (n, {dim}), got {q.shape}")
+    if not np.all(np.isfinite(q)):
+        raise NonFiniteVector("queries contain NaN or Inf")
+    if q.size and not np.all(q.any(axis=1)):
+        raise ZeroVector("queries contain an all-zero vector")
+    return q
+
+
+def _prepare_upsert(
+    dim: int, image_ids: Sequence[str], vectors: np.ndarray, created_at: Sequence[int] | None,
+) -> tuple[np.ndarray, list[str], np.ndarray, list[int]]:
+    """Validate an upsert batch before any mutation: (unit matrix, distinct ids, their rows, created_at).
+
+    Last write wins inside one batch, as on the compacted topic: each distinct id keeps its last row.
+    Raises :class:`InvalidInput` (or a subclass, see :func:`~models.vectors.as_unit_matrix`) when the
+    vectors are bad or ``vectors``/``created_at`` do not have one entry per id.
+    """
+    mat = as_unit_matrix(vectors, dim)
+    if mat.shape[0] != len(image_ids):
+        raise InvalidInput(f"{len(image_ids)} ids for {mat.shape[0]} vectors", reason="bad_batch")
+    if created_at is not None and len(created_at) != len(image_ids):
+        raise InvalidInput(f"{len(image_ids)} ids for {len(created_at)} created_at values", reason="bad_batch")
+    last: dict[str, int] = {}
+    for row, image_id in enumerate(image_ids):
+        last[image_id] = row
+    ids = list(last)
+    rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+    if created_at is None:
+        created = [0] * len(ids)
+    else:
+        try:
+            created = [int(created_at[r]) for r in rows.tolist()]
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidInput(f"created_at values must be integers: {exc}", reason="bad_batch") from None
+    return mat, ids, rows, created
 
 
 def _write_atomically(path: Path, magic: bytes, meta: bytes, blob: np.ndarray) -> None:
@@ -375,17 +415,7 @@ class HNSWImageIndex(ImageIndex):
     def upsert(self, image_ids: Sequence[str], vectors: np.ndarray, created_at: Sequence[int] | None = None) -> None:
         if len(image_ids) == 0:
             return
-        mat = as_unit_matrix(vectors, self.dim)
-        if mat.shape[0] != len(image_ids):
-            raise InvalidInput(f"{len(image_ids)} ids for {mat.shape[0]} vectors", reason="bad_batch")
-        if created_at is not None and len(created_at) != len(image_ids):
-            raise InvalidInput(f"{len(image_ids)} ids for {len(created_at)} created_at values", reason="bad_batch")
-        last: dict[str, int] = {}
-        for row, image_id in enumerate(image_ids):
-            last[image_id] = row
-        ids = list(last)
-        rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
-        created = [int(created_at[r]) for r in rows.tolist()] if created_at is not None else [0] * len(ids)
+        mat, ids, rows, created = _prepare_upsert(self.dim, image_ids, vectors, created_at)
         mat = np.ascontiguousarray(mat[rows])
         with self._lock:
             self._maybe_swap()
@@ -526,9 +556,7 @@ class HNSWImageIndex(ImageIndex):
         return {i: mat[n].copy() for n, i in enumerate(known)}
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise DimensionMismatch(f"queries must be (n, {self.dim}), got {q.shape}")
+        q = _check_queries(queries, self.dim)
         self._maybe_swap()
         g = self._g
         live = len(g.slot_of)

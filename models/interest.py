@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DimensionMismatch, InvalidInput
+from .errors import DimensionMismatch, InvalidInput, NonFiniteVector, ZeroVector
 from .state import UserState
 
 ACTIONS = ("view", "click", "like", "save", "share", "skip", "hide")
@@ -77,14 +77,20 @@ class InterestModel:
         offset: int | None = None,
         event_id: str | None = None,
     ) -> UserState:
-        """Apply one event; returns the new state. ``vector`` is the image's unit vector or None if unknown."""
+        """Apply one event; returns the new state. ``vector`` is the image's unit vector or None if unknown.
+
+        Raises :class:`InvalidInput` for an unknown action, and for a bad ``vector``: wrong shape
+        (:class:`DimensionMismatch`), NaN/Inf (:class:`NonFiniteVector`) or all zeros (:class:`ZeroVector`).
+        """
         a = self.strength(action, dwell_ms)
         if vector is not None:
             vector = np.asarray(vector, dtype=np.float32)
             if vector.shape != (self.dim,):
                 raise DimensionMismatch(f"image vector shape {vector.shape} != ({self.dim},)")
             if not np.all(np.isfinite(vector)):
-                raise InvalidInput("image vector has NaN/Inf", reason="non_finite")
+                raise NonFiniteVector(f"image {image_id!r}: vector contains NaN or Inf")
+            if not vector.any():
+                raise ZeroVector(f"image {image_id!r}: vector is all zeros")
 
         dt = max(0, ts - state.updated_ts) if state.updated_ts else 0
         decay = np.float32(0.5 ** (dt / self.half_life_ms)) if dt else np.float32(1.0)

@@ -17,6 +17,8 @@ import heapq
 import math
 from collections.abc import Container
 
+from .errors import NonFiniteVector
+
 
 class Popularity:
     """Decayed popularity. ``top`` is exact and cheap: the best ``M`` entries are kept sorted and patched
@@ -46,6 +48,14 @@ class Popularity:
         return self._now
 
     def learn_one(self, image_id: str, weight: float, ts: int) -> None:
+        """Add ``weight`` to ``image_id`` at event time ``ts``; a weight <= 0 is ignored.
+
+        Raises :class:`~models.errors.NonFiniteVector` (an :class:`~models.errors.InvalidInput`,
+        ``reason="non_finite"``) for a NaN or infinite weight, which would otherwise turn the image's score,
+        or the normalisation of ``top``, into garbage; nothing is changed then.
+        """
+        if not math.isfinite(weight):
+            raise NonFiniteVector(f"popularity weight for {image_id!r} must be finite, got {weight!r}")
         if weight <= 0:
             return
         if not self._scores:

@@ -345,10 +345,16 @@ class Ranker:
         return [sc.top(k) for sc in self.score_batch(states, sig, k)]
 
     def score_batch(self, states: list[UserState], sig: Signals, k: int | None = None) -> list[Scored]:
-        """Candidates, features and scores for each state (one batched FAISS search for all of them)."""
+        """Candidates, features and scores for each state (one batched FAISS search for all of them).
+
+        Every state is validated first (:meth:`UserState.validate`): a state with NaN/Inf, all-zero or
+        wrongly shaped vectors raises :class:`~models.errors.InvalidInput` instead of being ranked.
+        """
         k = self.k if k is None else k
         if not states:
             return []
+        for st in states:
+            st.validate()
         sig.prepare(self.fresh_pool)
         queries, spans = self._query_matrix(states)
         # Each user's content pool depends only on that user (k·overfetch + their own exclusions), so a

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import orjson
 
-from .errors import StateError
+from .errors import DimensionMismatch, InvalidInput, NonFiniteVector, StateError, ZeroVector
 
 STATE_FORMAT = 1
 
@@ -24,6 +24,14 @@ def _enc(arr: np.ndarray) -> str:
 
 def _dec(text: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f4").reshape(shape).astype(np.float32)
+
+
+def _float32(value: object, name: str, user_id: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"user state {user_id!r}: {name} is not an array of numbers: {exc}",
+                           reason="bad_state") from None
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,12 @@ class UserState:
     - ``last_offset``: highest input offset applied (the dedup guard for redelivered events).
     - ``event_ids``: recent event ids applied (dedup for producer retries that got new offsets).
     - ``version``: count of applied events; ``updated_ts``: event time (ms) of the last one.
+
+    The vectors are held as float32 and validated on construction (so also by ``evolve`` and
+    ``from_bytes``): wrong shapes raise :class:`~models.errors.DimensionMismatch`, NaN/Inf
+    :class:`~models.errors.NonFiniteVector`, an all-zero interest :class:`~models.errors.ZeroVector`
+    (``from_bytes`` reports any of them as :class:`~models.errors.StateError`). ``UserState(user_id, dim)``
+    is the cold state: no interests, an all-zero negative vector.
     """
 
     user_id: str
@@ -60,6 +74,33 @@ class UserState:
             object.__setattr__(self, "weights", np.zeros((0,), dtype=np.float32))
         if self.negative is None:
             object.__setattr__(self, "negative", np.zeros((self.dim,), dtype=np.float32))
+        # Held as float32, exactly what to_bytes() writes (no copy when they already are float32).
+        for name in ("interests", "weights", "negative"):
+            object.__setattr__(self, name, _float32(getattr(self, name), name, self.user_id))
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject vectors no model could have produced, so a bad state can neither be ranked nor persisted.
+
+        ``interests`` must be (m, dim), finite and with no all-zero row (every interest is a direction);
+        ``weights`` (m,) and finite; ``negative`` (dim,) and finite (all zeros is the empty negative).
+        Raises :class:`DimensionMismatch`, :class:`NonFiniteVector` or :class:`ZeroVector`.
+
+        Runs on construction; the ranker runs it again before ranking (arrays can be changed in place).
+        """
+        who = f"user state {self.user_id!r}"
+        m = self.interests.shape[0] if self.interests.ndim == 2 else -1
+        if self.interests.ndim != 2 or self.interests.shape[1] != self.dim:
+            raise DimensionMismatch(f"{who}: interests must have shape (m, {self.dim}), got {self.interests.shape}")
+        if self.weights.shape != (m,):
+            raise DimensionMismatch(f"{who}: weights must have shape ({m},) (one per interest), got {self.weights.shape}")
+        if self.negative.shape != (self.dim,):
+            raise DimensionMismatch(f"{who}: negative must have shape ({self.dim},), got {self.negative.shape}")
+        for name in ("interests", "weights", "negative"):
+            if not np.all(np.isfinite(getattr(self, name))):
+                raise NonFiniteVector(f"{who}: NaN or Inf in {name}")
+        if m and not np.all(self.interests.any(axis=1)):
+            raise ZeroVector(f"{who}: an interest vector is all zeros")
 
     @property
     def is_cold(self) -> bool:

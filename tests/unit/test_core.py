@@ -51,13 +51,9 @@ def test_core_uses_the_components_it_is_given(basis) -> None:
     assert core.index is index and core.popularity is pop
 
 
-_EMPTY_BUG = ("RecommenderCore.__init__ uses `index or ImageIndex(dim)` / `popularity or Popularity()`: an EMPTY "
-              "ImageIndex/Popularity is falsy (__len__ == 0), so the caller's object is silently replaced "
-              "(a worker that passes a fresh replica and keeps updating it feeds an index the core never reads), "
-              "and the dim check is skipped")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_EMPTY_BUG)
+# An EMPTY ImageIndex/Popularity is falsy (__len__ == 0): the constructor must not replace it with a default
+# (a worker that passes a fresh replica and keeps updating it would feed an index the core never reads), nor
+# skip the dim check.
 def test_core_keeps_an_empty_index_it_is_given(basis) -> None:
     index = ImageIndex(DIM)
     core = RecommenderCore(dim=DIM, index=index)
@@ -65,13 +61,11 @@ def test_core_keeps_an_empty_index_it_is_given(basis) -> None:
     assert core.index is index and "a" in core.index
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_EMPTY_BUG)
 def test_core_keeps_an_empty_popularity_it_is_given() -> None:
     pop = Popularity()
     assert RecommenderCore(dim=DIM, popularity=pop).popularity is pop
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=_EMPTY_BUG)
 def test_empty_index_of_another_dim_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         RecommenderCore(dim=DIM, index=ImageIndex(DIM + 1))
@@ -237,20 +231,17 @@ def test_match_new_images_never_pushes_a_seen_image(core, basis) -> None:
     assert core.match_new_images(["i0"], [a], min_score=0.0) == []  # a already liked i0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "match_new_images only looks at each user's single best new image and drops the user when that one is "
-    "already seen/hidden, even if another new image in the batch also matches above min_score"))
 def test_match_new_images_falls_back_to_the_next_best_unseen_image(core, basis) -> None:
     core.apply_images([("n1", basis(0), 2), ("n2", unit(basis(0) + 0.3 * basis(5)), 3)])
     a, _ = core.learn(core.new_state("a"), image_id="i0", action="like", ts=5)
     a, _ = core.learn(a, image_id="n1", action="view", ts=6)  # the best match is already seen
     matches = core.match_new_images(["n1", "n2"], [a], min_score=0.5)
     assert [(m.user_id, m.image_id) for m in matches] == [("a", "n2")]
+    a, _ = core.learn(a, image_id="n2", action="hide", ts=7)  # nothing left to push to this user
+    assert core.match_new_images(["n1", "n2"], [a], min_score=0.5) == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_EMPTY_BUG + (
-    ". Live impact: streams/app.py build_core passes Popularity(half_life_ms=RECO_TRENDING_HALF_LIFE_H...), "
-    "which is empty, so the worker silently runs with the default 6 h half-life whatever the setting says"))
 def test_configured_popularity_half_life_is_kept() -> None:
+    """streams/app.py build_core passes a fresh (empty) Popularity(half_life_ms=RECO_TRENDING_HALF_LIFE_H...)."""
     core = RecommenderCore(dim=DIM, popularity=Popularity(half_life_ms=3_600_000.0))
     assert core.popularity.half_life_ms == 3_600_000.0

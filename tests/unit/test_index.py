@@ -150,10 +150,6 @@ def test_upsert_is_atomic_when_one_row_is_bad(unit_rows) -> None:
     np.testing.assert_allclose(idx.vectors(["img000"])["img000"], unit_rows(5, DIM, 0)[0], atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, raises=(IndexError, KeyError, AssertionError), reason=(
-    "ImageIndex.upsert does not check len(created_at) before mutating: it raises IndexError (not InvalidInput) "
-    "after the vectors were added, leaving an image without created_at so every later snapshot() fails "
-    "with KeyError"))
 def test_upsert_rejects_short_created_at_and_stays_consistent(unit_rows, tmp_path: Path) -> None:
     idx, _, _ = build(unit_rows, 3)
     with pytest.raises(InvalidInput):

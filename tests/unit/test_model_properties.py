@@ -376,42 +376,18 @@ def _inputs_state(rng):
     return [interests, weights, negative, base], call
 
 
-_STATE_BUG = "UserState accepts interest vectors that are {what} without validation (no check in __post_init__)"
-_RANKER_BUG = ("Ranker.recommend ranks with a state whose interest vector is {what}: neither UserState nor the "
-               "ranker validates it (ImageIndex.search accepts it), so garbage scores reach users")
-_SEARCH_BUG = "ImageIndex.search validates only the query shape, not its values: a {what} query is searched"
-
 COMPONENTS = [
     Component("as_unit_vector", _run_unit_vector, lambda v: (_nothing, lambda: as_unit_vector(v, DIM)),
               _inputs_unit_vector),
     Component("as_unit_matrix", _run_unit_matrix, lambda v: (_nothing, lambda: as_unit_matrix(v[None, :], DIM)),
               _inputs_unit_matrix),
     Component("ImageIndex.upsert", _run_index, _feed_index_upsert, _inputs_index),
-    Component("ImageIndex.search", _run_index, _feed_index_search, _inputs_index, known_bugs={
-        "nan": _SEARCH_BUG.format(what="NaN"), "+inf": _SEARCH_BUG.format(what="+Inf"),
-        "-inf": _SEARCH_BUG.format(what="-Inf"), "zero": _SEARCH_BUG.format(what="all-zero"),
-    }),
-    Component("InterestModel", _run_interest, _feed_interest, _inputs_interest, known_bugs={
-        k: "InterestModel.learn_one raises plain InvalidInput(reason='non_finite') instead of NonFiniteVector"
-        for k in ("nan", "+inf", "-inf")
-    } | {"zero": "InterestModel.learn_one accepts an all-zero image vector and stores it as a new interest"}),
-    Component("Popularity", _run_popularity, _feed_popularity, _inputs_popularity, bad_kinds=("nan", "+inf"),
-              known_bugs={
-                  "nan": "Popularity.learn_one accepts a NaN weight (NaN > 0 is False, so it is not skipped); "
-                         "the image's score becomes NaN",
-                  "+inf": "Popularity.learn_one accepts an +Inf weight; top() then scores every image 0.0",
-              }),
-    Component("Ranker", _run_ranker, _feed_ranker, _inputs_ranker, known_bugs={
-        "nan": _RANKER_BUG.format(what="NaN"), "+inf": _RANKER_BUG.format(what="+Inf"),
-        "-inf": _RANKER_BUG.format(what="-Inf"), "zero": _RANKER_BUG.format(what="all-zero"),
-    }),
+    Component("ImageIndex.search", _run_index, _feed_index_search, _inputs_index),
+    Component("InterestModel", _run_interest, _feed_interest, _inputs_interest),
+    Component("Popularity", _run_popularity, _feed_popularity, _inputs_popularity, bad_kinds=("nan", "+inf")),
+    Component("Ranker", _run_ranker, _feed_ranker, _inputs_ranker),
     Component("RecommenderCore", _run_core, _feed_core, _inputs_core),
-    Component("UserState", _run_state, _feed_state, _inputs_state, known_bugs={
-        "nan": _STATE_BUG.format(what="NaN"), "+inf": _STATE_BUG.format(what="+Inf"),
-        "-inf": _STATE_BUG.format(what="-Inf"), "zero": _STATE_BUG.format(what="all-zero"),
-        "short": _STATE_BUG.format(what="too short") + "; to_bytes() then writes a state from_bytes() rejects",
-        "long": _STATE_BUG.format(what="too long") + "; to_bytes() then writes a state from_bytes() rejects",
-    }),
+    Component("UserState", _run_state, _feed_state, _inputs_state),
 ]
 _BY_NAME = {c.name: c for c in COMPONENTS}
 #: how a known bug shows: no exception at all, or an InvalidInput of the wrong subclass (anything else fails)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import orjson
 import pytest
@@ -114,3 +116,34 @@ def test_evolve_returns_a_new_value(unit_rows) -> None:
     assert st.to_bytes() == raw
     with pytest.raises(AttributeError):
         st.version = 3  # type: ignore[misc]
+
+
+def test_stored_non_finite_or_zero_interest_raises_state_error(unit_rows) -> None:
+    """A stored state whose vectors fail validation is reported like any corrupt state (the worker restarts it)."""
+    st = learned(unit_rows, 5)
+    first = st.interests[0]
+    for row in (np.r_[np.nan, first[1:]], np.r_[-np.inf, first[1:]], np.zeros(DIM)):
+        interests = st.interests.copy()
+        interests[0] = row
+        d = orjson.loads(st.to_bytes())
+        d["i"] = base64.b64encode(interests.astype("<f4").tobytes()).decode()
+        with pytest.raises(StateError):
+            UserState.from_bytes(orjson.dumps(d))
+
+
+def test_vectors_are_held_as_float32_and_round_trip_exactly() -> None:
+    interests = np.eye(DIM)[:2]  # float64 in: held as the float32 that to_bytes() writes
+    st = UserState("u", DIM, interests=interests, weights=[1.0, 2.0])
+    assert st.interests.dtype == st.weights.dtype == st.negative.dtype == np.float32
+    assert_identical(st, UserState.from_bytes(st.to_bytes()))
+
+
+def test_ranker_rejects_a_state_changed_in_place(unit_rows) -> None:
+    from models import ImageIndex, NonFiniteVector, Popularity, Ranker
+
+    idx = ImageIndex(DIM)
+    idx.upsert([f"i{j}" for j in range(4)], unit_rows(4, DIM, 1), created_at=[1, 2, 3, 4])
+    st = learned(unit_rows, 5)
+    st.negative[0] = np.nan  # arrays are mutable: validated again before ranking
+    with pytest.raises(NonFiniteVector):
+        Ranker(k=2).recommend([st], idx, Popularity())
