@@ -19,11 +19,12 @@ Rules (all in event time, never wall-clock time, so a replay gives identical res
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import DimensionMismatch, InvalidInput, NonFiniteVector, ZeroVector
+from .errors import ConfigError, DimensionMismatch, InvalidInput, NonFiniteVector, ZeroVector
 from .state import UserState
 
 ACTIONS = ("view", "click", "like", "save", "share", "skip", "hide")
@@ -51,6 +52,23 @@ class InterestModel:
     event_id_cap: int = 256
     recent_cap: int = 30
     action_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
+
+    def __post_init__(self) -> None:
+        # Checked once here, so a bad configuration fails at start-up, not halfway through an event
+        # after some shared counters were already updated.
+        if self.dim < 1 or self.max_interests < 1 or min(self.seen_cap, self.hidden_cap, self.event_id_cap,
+                                                          self.recent_cap) < 1:
+            raise ConfigError("dim, max_interests and the caps must be positive")
+        if not self.half_life_ms > 0 or not math.isfinite(self.half_life_ms):
+            raise ConfigError(f"half_life_ms must be positive and finite, got {self.half_life_ms!r}")
+        unknown = set(self.action_weights) ^ set(ACTIONS)
+        if unknown:
+            raise ConfigError(f"action_weights must cover exactly {ACTIONS}; differs in {sorted(unknown)}")
+        for action, w in self.action_weights.items():
+            if not isinstance(w, (int, float)) or not math.isfinite(w) or w == 0:
+                raise ConfigError(f"action weight of {action!r} must be a finite non-zero number, got {w!r}")
+            if (w < 0) != (action in ("skip", "hide")):
+                raise ConfigError(f"action weight of {action!r} has the wrong sign: {w!r}")
 
     def new_state(self, user_id: str) -> UserState:
         return UserState(user_id=user_id, dim=self.dim)

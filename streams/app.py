@@ -87,8 +87,8 @@ def build_core(s: Settings) -> RecommenderCore:
         interest=InterestModel(dim=s.dim, max_interests=s.max_interests, seen_cap=s.seen_window,
                                half_life_ms=s.interest_half_life_h * 3600e3),
         ranker=Ranker(k=s.k), popularity=Popularity(half_life_ms=s.trending_half_life_h * 3600e3),
+        index=make_index(s.dim, s.index_kind),
     )
-    core.index = make_index(s.dim, s.index_kind)  # set afterwards: the core swaps an *empty* index it is given
     return core
 
 

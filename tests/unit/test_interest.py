@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from models import ACTIONS, DimensionMismatch, InterestModel, InvalidInput, UserState
+from models.errors import ConfigError
+from models.interest import DEFAULT_ACTION_WEIGHTS
 
 DIM = 16
 HOUR = 3_600_000
@@ -159,3 +161,19 @@ def test_wrong_vector_dimension_is_rejected(model) -> None:
     for n in (DIM - 1, DIM + 1):
         with pytest.raises(DimensionMismatch):
             model.learn_one(model.new_state("u"), image_id="a", action="like", ts=1, vector=np.ones(n) / n**0.5)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"action_weights": {**DEFAULT_ACTION_WEIGHTS, "like": float("nan")}},
+    {"action_weights": {**DEFAULT_ACTION_WEIGHTS, "like": float("inf")}},
+    {"action_weights": {**DEFAULT_ACTION_WEIGHTS, "like": 0.0}},
+    {"action_weights": {**DEFAULT_ACTION_WEIGHTS, "skip": 1.0}},   # a skip must be negative
+    {"action_weights": {**DEFAULT_ACTION_WEIGHTS, "like": -1.0}},  # a like must be positive
+    {"action_weights": {k: v for k, v in DEFAULT_ACTION_WEIGHTS.items() if k != "save"}},
+    {"action_weights": {**DEFAULT_ACTION_WEIGHTS, "poke": 1.0}},
+    {"half_life_ms": 0.0}, {"half_life_ms": float("inf")}, {"max_interests": 0}, {"seen_cap": 0},
+])
+def test_bad_configuration_fails_at_construction(kwargs) -> None:
+    """A bad configuration is a ConfigError when the model is built, never a failure halfway through an event."""
+    with pytest.raises(ConfigError):
+        InterestModel(dim=DIM, **kwargs)
