@@ -38,8 +38,11 @@ def test_kill9_repeatedly_mid_stream(make_settings, start_worker):
     for cycle in range(3):
         wl.produce_events(cycle * chunk, (cycle + 1) * chunk)
         consumed = (cycle + 1) * chunk // 2
-        wait_until(lambda: w.metric("reco_events_consumed_total", topic=s.topic_behavior) >= min(consumed, 50), 90,
-                   what="some progress before the kill")
+        try:
+            wait_until(lambda: w.metric("reco_events_consumed_total", topic=s.topic_behavior) >= min(consumed, 50),
+                       90, what="some progress before the kill")
+        except AssertionError as exc:  # keep the worker's log: this is the load-sensitive wait (see pytestmark)
+            raise AssertionError(f"{exc} (cycle {cycle})\n--- worker log tail ---\n{w.tail(120)}") from None
         w.kill()
         w = start_worker(s, name=f"after-kill-{cycle}")  # same data dir: index restored from its snapshot
     wl.produce_events(3 * chunk, len(wl.events))
