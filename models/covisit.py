@@ -275,6 +275,24 @@ class CovisQuery:
         cand = sorted(((names[int(ids[j])], float(scores[j])) for j in sel), key=lambda kv: (-kv[1], kv[0]))
         return cand[:n]
 
+    def top_idx(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`top` as registry ids (``exclude``: registry ids), same order: score desc, then image id."""
+        if n <= 0 or not len(self):
+            return np.zeros(0, dtype=np.int64)
+        ids, scores = self.ids, self.scores
+        if exclude is not None and exclude.size:
+            live = ~np.isin(ids, exclude)
+            ids, scores = ids[live], scores[live]
+        m = ids.shape[0]
+        if m > n:
+            kth = np.partition(scores, m - n)[m - n]
+            sel = np.flatnonzero(scores >= kth)
+        else:
+            sel = np.arange(m)
+        names = self._cv._names
+        order = sorted(sel.tolist(), key=lambda j: (-float(scores[j]), names[int(ids[j])]))[:n]
+        return ids[np.asarray(order, dtype=np.int64)]
+
     def score_many(self, image_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(score, score from the most recent positive alone) for each image id (0 when unrelated)."""
         return self.score_idx(self._cv.registry.lookup(image_ids))
