@@ -328,8 +328,7 @@ class Ranker:
             if sig.covisit_seq is not None:
                 q.covis_seq = sig.covisit_seq.query(st.recent)
             if sig.embeddings is not None:
-                q.uvec = sig.embeddings.user_vector(st.recent)
-                q.uvec_long = sig.embeddings.user_vector(st.recent, gamma=0.97)
+                q.uvec, q.uvec_long = sig.embeddings.user_vectors(st.recent, (None, 0.97))
         return q
 
     def features(self, st: UserState, ids: list[str], sig: Signals, uq: UserQuery | None = None) -> np.ndarray:
