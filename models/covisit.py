@@ -203,8 +203,14 @@ class CoVisitation:
         if first:
             last_keys, last_vals = keys[0], v[: lens[0]].copy()
         v *= np.repeat(np.asarray(gs), lens)
-        uniq, inv = np.unique(k, return_inverse=True)
-        sums = np.bincount(inv, weights=v, minlength=uniq.shape[0])
+        if k.shape[0] * 4 >= mass.shape[0]:
+            # Dense enough: one bincount over all ids (linear) instead of sorting (same sums, same order).
+            sums = np.bincount(k, weights=v, minlength=mass.shape[0])
+            uniq = np.flatnonzero(sums)
+            sums = sums[uniq]
+        else:
+            uniq, inv = np.unique(k, return_inverse=True)
+            sums = np.bincount(inv, weights=v, minlength=uniq.shape[0])
         keep = sums > 0
         return CovisQuery(self, uniq[keep], sums[keep], last_keys, last_vals)
 
