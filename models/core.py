@@ -8,8 +8,8 @@ or a dict in a replay) and are passed in and returned, never held.
 What one positive event does (``learn``), in this order, all from the state *before* the event:
 
 1. build a training group for the scorer: the features of the image acted on, and of every other
-   candidate the ranker would serve for this state (the set scored by the last ``recommend`` for this
-   user, or recomputed the same way), plus images the user skipped or hid since their last positive;
+   candidate served for this state (the set scored by the last ``recommend`` for this user, if that
+   was computed from exactly this state), plus images the user skipped or hid since their last positive;
    the scorer trains to put the chosen image first among them (one step every ``batch_groups`` groups);
    the collaborative item embeddings take a step on every engagement (:mod:`models.itemvec`);
 2. count co-visitation (every engagement weighs 1) between the image and the user's recent engaged
@@ -44,8 +44,8 @@ from .index import ImageIndex
 from .interest import InterestModel
 from .itemvec import ItemEmbeddings
 from .popularity import DecayedCounts, Popularity
-from .registry import ItemRegistry
-from .ranking import N_FEATURES, Ranker, RecItem, Signals, prior_vector
+from .registry import CatalogMirror, ItemRegistry
+from .ranking import N_FEATURES, Ranker, RecItem, Signals, group_stats, one_blas_thread, prior_vector, relative
 from .scorer import OnlineScorer
 from .state import UserState
 from .vectors import as_unit_vector
@@ -95,19 +95,23 @@ class RecommenderCore:
         train_min_strength: float = 1.0,
         memory_users: int = 100_000,
         served_users: int = 2048,
+        served_ids_users: int = 50_000,
     ) -> None:
         self.dim = dim
         self.k = k
         # Components given by the caller are used as they are, even when empty: ``is None``, never ``or``
         # (an empty ImageIndex/Popularity is falsy through ``__len__``).
         self._index: ImageIndex | None = None
+        self.registry = ItemRegistry()  # dense ids shared by the array-backed components below
+        self.mirror = CatalogMirror(dim, self.registry)
         self.index = index if index is not None else ImageIndex(dim)  # the setter checks the dim
         self.interest = interest if interest is not None else InterestModel(dim=dim)
         if self.interest.dim != dim:
             raise ConfigError(f"interest model dim {self.interest.dim} != core dim {dim}")
         self.ranker = ranker if ranker is not None else Ranker(k=k)
         self.popularity = popularity if popularity is not None else Popularity()
-        reg = self.registry = ItemRegistry()  # dense ids shared by the array-backed components below
+        reg = self.registry
+        self.popularity.attach(reg)
         self.popularity_long = popularity_long if popularity_long is not None else DecayedCounts(
             7 * 24 * 3600e3, reg)
         self.engagement_all = DecayedCounts(30 * 24 * 3600e3, reg)
@@ -131,8 +135,9 @@ class RecommenderCore:
         self._rng = np.random.default_rng(seed)
         self._now = 0
         self._served: _LRU = _LRU(served_users)  # user -> last scored candidate set (training negatives)
+        # user -> registry ids of the last candidate set scored (compact: ~1 KB a user), kept for longer
+        self._served_ids: _LRU = _LRU(served_ids_users)
         self._skipped: _LRU = _LRU(memory_users)  # user -> ids of recent skips/hides
-        self.vector_cache_size = 50_000
 
     # ------------------------------------------------------------------ catalog
     @property
@@ -146,21 +151,24 @@ class RecommenderCore:
             raise ConfigError(f"index dim {value.dim} != core dim {self.dim}")
         self._index = value
         self._fresh: list[tuple[str, int]] | None = None
-        self._vectors: dict[str, np.ndarray] = {}  # cache of index vectors (bounded, invalidated on upsert)
+        self.mirror.rebuild(value)
         if hasattr(self, "_served"):
             self._served.clear()
+            self._served_ids.clear()
 
     def apply_images(self, upserts: Iterable[tuple[str, np.ndarray, int]], deletes: Iterable[str] = ()) -> None:
         """Batch upsert (image_id, vector, created_at) and delete image ids; vectors are validated here."""
         ups = list(upserts)
         if ups:
             mat = np.stack([as_unit_vector(v, self.dim) for _, v, _ in ups])
+            self._sync_mirror()
             self.index.upsert([i for i, _, _ in ups], mat, created_at=[c for _, _, c in ups])
+            self.mirror.upsert([i for i, _, _ in ups], mat, [c for _, _, c in ups])
+            self.mirror.synced = self.index.mutations
             self._fresh = None
-            for i, _, _ in ups:
-                self._vectors.pop(i, None)
         dels = list(deletes)
         if dels:
+            self._sync_mirror()
             self.index.remove(dels)
             for d in dels:
                 self.popularity.forget(d)
@@ -170,7 +178,14 @@ class RecommenderCore:
                 self.covisit.forget(d)
                 self.covisit_seq.forget(d)
                 self.embeddings.forget(d)
-                self._vectors.pop(d, None)
+            self.mirror.remove(dels)
+            self.mirror.synced = self.index.mutations
+            self._fresh = None
+
+    def _sync_mirror(self) -> None:
+        """Rebuild the catalog mirror if the index was changed other than through :meth:`apply_images`."""
+        if self.mirror.synced != self.index.mutations:
+            self.mirror.rebuild(self.index)
             self._fresh = None
 
     def _fresh_list(self) -> list[tuple[str, int]]:
@@ -186,12 +201,11 @@ class RecommenderCore:
 
     def signals(self, now: int | None = None) -> Signals:
         """The shared state the ranker reads, as of ``now`` (default: :attr:`now`)."""
-        if len(self._vectors) > self.vector_cache_size:
-            self._vectors.clear()
+        self._sync_mirror()
         return Signals(
             self.index, self.popularity, covisit=self.covisit, covisit_seq=self.covisit_seq,
             popularity_long=self.popularity_long, embeddings=self.embeddings,
-            engagement_all=self.engagement_all, engagement_pos=self.engagement_pos, registry=self.registry, now=self.now if now is None else now, fresh=self._fresh_list(), vectors=self._vectors,
+            engagement_all=self.engagement_all, engagement_pos=self.engagement_pos, registry=self.registry, now=self.now if now is None else now, fresh=self._fresh_list(), mirror=self.mirror,
         )
 
     # ------------------------------------------------------------------ behaviour
@@ -213,7 +227,9 @@ class RecommenderCore:
         if self.interest.already_applied(state, offset=offset, event_id=event_id):
             return state, False
         strength = self.interest.strength(action, dwell_ms)  # validates the action first
-        vec = self.index.vectors([image_id]).get(image_id)
+        self._sync_mirror()
+        i = self.registry.get(image_id)
+        vec = self.mirror.vec[i].copy() if i is not None and self.mirror.known(np.array([i]))[0] else None
         new = self.interest.learn_one(
             state, image_id=image_id, action=action, ts=ts, vector=vec,
             dwell_ms=dwell_ms, offset=offset, event_id=event_id,
@@ -235,34 +251,69 @@ class RecommenderCore:
         return new, True
 
     def _train(self, state: UserState, image_id: str, strength: float, ts: int) -> None:
+        with one_blas_thread():
+            self._train_group(state, image_id, strength, ts)
+
+    def _train_group(self, state: UserState, image_id: str, strength: float, ts: int) -> None:
         if strength < 0:
             prev = self._skipped.get(state.user_id, ())
             self._skipped.put(state.user_id, (prev + (image_id,))[-4:])
             return
         if strength < self.train_min_strength:
             return
-        # The serving candidate set of this user state: reuse what recommend() computed for exactly this
-        # state (the usual case: a list was shown, then the user acted), else compute it the same way.
+        # The candidates the user chose among, from the state before this event (``state``):
+        # 1. what ``recommend`` scored for exactly this state (the usual case: a list was computed after the
+        #    user's previous event, then the user acted): its feature rows are reused as they are;
+        # 2. else the last candidate set served to this user (an older state: e.g. a second event of the
+        #    user in one batch, or after a view; that list is what the user was actually shown), with
+        #    feature rows computed now from ``state`` (one vectorised pass, no candidate generation);
+        # 3. else (nothing served to this user recently: replays, catch-up) the candidates the ranker would
+        #    serve for ``state``, computed the same way as ``recommend``.
+        skipped = sorted(set(self._skipped.pop(state.user_id, ())) - {image_id})  # since the last positive
         cached = self._served.pop(state.user_id, None)
-        sig = self.signals(max(self._now, int(ts)))
+        sig = None
         if cached is not None and cached.state.version == state.version and cached.state.updated_ts == state.updated_ts:
-            sc = cached
+            feats, j, uq, cids = cached.features, cached.position(image_id), cached.query, cached.idx
         else:
-            sc = self.ranker.score_batch([state], sig, self.k)[0]
-        skipped = sorted(set(self._skipped.pop(state.user_id, ())) - {image_id})
-        extra = [i for i in skipped if i not in sc.ids and i in self.index]
-        rows = [j for j, i in enumerate(sc.ids) if i != image_id]
-        if len(rows) > self.max_negatives:
-            pick = self._rng.choice(len(rows), size=self.max_negatives, replace=False)
-            rows = [rows[j] for j in sorted(pick)]
-        if image_id in sc.ids and (rows or extra):
+            sig = self.signals(max(self._now, int(ts))).prepare(self.ranker.fresh_pool)
+            ids = self._served_ids.get(state.user_id)
+            iid = self.registry.get(image_id)
+            if ids is not None:
+                ids = ids.astype(np.int64)
+                keep = self.mirror.known(ids)
+                excl = self.registry.lookup(list(state.excluded()))
+                if excl.size:
+                    keep &= ~np.isin(ids, excl)
+                ids = ids[keep]
+                hit = np.flatnonzero(ids == iid) if iid is not None else ids[:0]
+                if not hit.size:
+                    return
+                j = int(hit[0])
+                uq = self.ranker.user_query(state, sig)
+                feats, cids = self.ranker.features_many([state], [ids], sig, [uq]), ids
+                uq.ref = group_stats(feats)
+                relative(feats, uq.ref)
+            else:
+                sc = self.ranker.score_batch([state], sig, self.k)[0]
+                feats, j, uq, cids = sc.features, sc.position(image_id), sc.query, sc.idx
+        if j < 0:
             # Only when the chosen image was among the candidates: the scorer ranks candidates, and a
             # positive the retrieval missed looks unlike every candidate (training on it would teach the
             # scorer to favour "retrieved by nothing", which never helps at serving time).
-            j = sc.ids.index(image_id)
-            parts = [sc.features[j:j + 1], sc.features[rows]]
+            return
+        rows = np.delete(np.arange(feats.shape[0]), j)
+        if rows.shape[0] > self.max_negatives:
+            pick = self._rng.choice(rows.shape[0], size=self.max_negatives, replace=False)
+            rows = rows[np.sort(pick)]
+        extra = []
+        if skipped:  # recently skipped/hidden images that are not candidates already: more negatives
+            present = set(cids.tolist())
+            extra = [i for i in skipped if i in self.index and self.registry.get(i) not in present]
+        if rows.shape[0] or extra:
+            parts = [feats[j:j + 1], feats[rows]]
             if extra:
-                parts.append(self.ranker.features(state, extra, sig, sc.query))
+                sig = sig or self.signals(max(self._now, int(ts)))
+                parts.append(self.ranker.features(state, extra, sig, uq))
             self.scorer.observe(np.vstack(parts))
 
     def recommend(self, states: list[UserState], k: int | None = None) -> list[list[RecItem]]:
@@ -271,6 +322,7 @@ class RecommenderCore:
         if self.learn_ranker:
             for sc in scored:
                 self._served.put(sc.state.user_id, sc)
+                self._served_ids.put(sc.state.user_id, sc.idx.astype(np.int32))
         return [sc.top(k) for sc in scored]
 
     # ------------------------------------------------------------------ push on new images
@@ -332,11 +384,14 @@ class RecommenderCore:
         for name in d["registry"]:
             reg.add(str(name))  # same ids as when saved
         self.registry = reg
+        self.mirror = CatalogMirror(self.dim, reg)
+        self.mirror.rebuild(self.index)
         self.covisit = CoVisitation.from_bytes(d["covisit"].encode(), reg)
         self.covisit_seq = CoVisitation.from_bytes(d["covisit_seq"].encode(), reg)
         self.embeddings = ItemEmbeddings.from_bytes(d["embeddings"].encode(), reg)
         self.scorer = OnlineScorer.from_bytes(d["scorer"].encode())
         self.popularity = _pop_from(d["popularity"])
+        self.popularity.attach(reg)
         self.popularity_long = DecayedCounts.from_dict(d["popularity_long"], reg)
         self.engagement_all = DecayedCounts.from_dict(d["engagement_all"], reg)
         self.engagement_pos = DecayedCounts.from_dict(d["engagement_pos"], reg)
@@ -344,6 +399,7 @@ class RecommenderCore:
         set_rng_state(self._rng, d["rng"])
         self._now = int(d["now"])
         self._served.clear()
+        self._served_ids.clear()
         self._skipped.clear()
 
 

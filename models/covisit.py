@@ -172,10 +172,10 @@ class CoVisitation:
         and ``gamma`` override ``query_items`` and ``query_gamma`` for this query."""
         tail = recent[-(items or self.query_items):]
         qg = self.query_gamma if gamma is None else gamma
-        keys, vals = [], []
+        keys, cnts, owners, gs = [], [], [], []
         mass = self._mass
         g = 1.0
-        last_keys = last_vals = None
+        first = False
         for n, r in enumerate(reversed(tail)):
             ri = self._int.get(r)
             nb = self._pairs.get(ri) if ri is not None else None
@@ -184,20 +184,33 @@ class CoVisitation:
                 if kc is None:
                     kc = self._arrays[ri] = (np.fromiter(nb.keys(), dtype=np.int64, count=len(nb)),
                                              np.fromiter(nb.values(), dtype=np.float64, count=len(nb)))
-                k, c = kc
-                mk = mass[k]
-                v = np.divide(c, np.sqrt(mass[ri] * mk), out=np.zeros_like(c), where=mk > 0)
-                keys.append(k)
-                vals.append(v * g)
-                if n == 0:
-                    last_keys, last_vals = k, v
+                keys.append(kc[0])
+                cnts.append(kc[1])
+                owners.append(ri)
+                gs.append(g)
+                first = first or n == 0
             g *= qg
         if not keys:
             return CovisQuery(self, np.zeros(0, dtype=np.int64), np.zeros(0), None, None)
+        # One vectorised pass over every neighbour list (the same float operations, element by element,
+        # as one pass per recent image).
+        lens = [k.shape[0] for k in keys]
         k = np.concatenate(keys)
-        v = np.concatenate(vals)
-        uniq, inv = np.unique(k, return_inverse=True)
-        sums = np.bincount(inv, weights=v, minlength=uniq.shape[0])
+        c = np.concatenate(cnts)
+        mk = mass[k]
+        v = np.divide(c, np.sqrt(np.repeat(mass[owners], lens) * mk), out=np.zeros_like(c), where=mk > 0)
+        last_keys = last_vals = None
+        if first:
+            last_keys, last_vals = keys[0], v[: lens[0]].copy()
+        v *= np.repeat(np.asarray(gs), lens)
+        if k.shape[0] * 4 >= mass.shape[0]:
+            # Dense enough: one bincount over all ids (linear) instead of sorting (same sums, same order).
+            sums = np.bincount(k, weights=v, minlength=mass.shape[0])
+            uniq = np.flatnonzero(sums)
+            sums = sums[uniq]
+        else:
+            uniq, inv = np.unique(k, return_inverse=True)
+            sums = np.bincount(inv, weights=v, minlength=uniq.shape[0])
         keep = sums > 0
         return CovisQuery(self, uniq[keep], sums[keep], last_keys, last_vals)
 
@@ -274,6 +287,24 @@ class CovisQuery:
             sel = np.arange(ids.shape[0])
         cand = sorted(((names[int(ids[j])], float(scores[j])) for j in sel), key=lambda kv: (-kv[1], kv[0]))
         return cand[:n]
+
+    def top_idx(self, n: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`top` as registry ids (``exclude``: registry ids), same order: score desc, then image id."""
+        if n <= 0 or not len(self):
+            return np.zeros(0, dtype=np.int64)
+        ids, scores = self.ids, self.scores
+        if exclude is not None and exclude.size:
+            live = ~np.isin(ids, exclude)
+            ids, scores = ids[live], scores[live]
+        m = ids.shape[0]
+        if m > n:
+            kth = np.partition(scores, m - n)[m - n]
+            sel = np.flatnonzero(scores >= kth)
+        else:
+            sel = np.arange(m)
+        names = self._cv._names
+        order = sorted(sel.tolist(), key=lambda j: (-float(scores[j]), names[int(ids[j])]))[:n]
+        return ids[np.asarray(order, dtype=np.int64)]
 
     def score_many(self, image_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(score, score from the most recent positive alone) for each image id (0 when unrelated)."""

@@ -143,6 +143,7 @@ class ImageIndex:
         self._next_id = 0
         self._newest = _Newest()
         self._lock = threading.RLock()
+        self.mutations = 0  # bumped by every upsert/remove (lets derived copies tell they are stale)
 
     # ------------------------------------------------------------------ mutation
     def upsert(self, image_ids: Sequence[str], vectors: np.ndarray, created_at: Sequence[int] | None = None) -> None:
@@ -165,6 +166,7 @@ class ImageIndex:
                 self._str_of[iid] = image_id
                 self._created_at[image_id] = c
                 self._newest.offer(image_id, c)
+            self.mutations += 1
 
     def remove(self, image_ids: Iterable[str]) -> int:
         """Remove a batch of images; unknown ids are ignored. Returns how many were removed."""
@@ -178,6 +180,7 @@ class ImageIndex:
                 if created is not None:
                     self._newest.discard(sid, created)
             self._index.remove_ids(np.array(ints, dtype=np.int64))
+            self.mutations += 1
             return len(ints)
 
     # ------------------------------------------------------------------ queries
@@ -399,6 +402,7 @@ class HNSWImageIndex(ImageIndex):
         self._created_at: dict[str, int] = {}
         self._newest = _Newest()
         self._lock = threading.RLock()
+        self.mutations = 0  # bumped by every upsert/remove (lets derived copies tell they are stale)
         self._rebuild_thread: threading.Thread | None = None
         self._rebuild_result: _Graph | BaseException | None = None
         self._pending: list[tuple] | None = None  # mutations logged while a rebuild runs
@@ -428,6 +432,7 @@ class HNSWImageIndex(ImageIndex):
                 self._newest.offer(image_id, c)
             if self._pending is not None:
                 self._pending.append(("up", ids, mat))
+            self.mutations += 1
             self._after_mutation()
 
     @staticmethod
@@ -447,6 +452,7 @@ class HNSWImageIndex(ImageIndex):
                 self._newest.discard(image_id, self._created_at.pop(image_id))
             if self._pending is not None:
                 self._pending.append(("rm", gone))
+            self.mutations += 1
             self._after_mutation()
             return len(gone)
 

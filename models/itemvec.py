@@ -120,8 +120,15 @@ class ItemEmbeddings:
         return idx[self._known(idx)]
 
     def _weights(self, rows: np.ndarray, gamma: float | None = None) -> np.ndarray:
-        w = (self.gamma if gamma is None else gamma) ** np.arange(rows.shape[0] - 1, -1, -1, dtype=np.float64)
-        return (w / w.sum()).astype(np.float32)
+        g = self.gamma if gamma is None else gamma
+        key = (rows.shape[0], g)
+        cache = self.__dict__.setdefault("_wcache", {})
+        w = cache.get(key)
+        if w is None:
+            w = g ** np.arange(rows.shape[0] - 1, -1, -1, dtype=np.float64)
+            w = cache[key] = (w / w.sum()).astype(np.float32)
+            w.flags.writeable = False
+        return w
 
     def user_vector(self, recent: Sequence[str], gamma: float | None = None) -> np.ndarray:
         """Recency-weighted mean embedding of ``recent`` (oldest first; ``gamma`` overrides the decay)."""
@@ -129,6 +136,14 @@ class ItemEmbeddings:
         if rows.size == 0:
             return np.zeros(self.dim, dtype=np.float32)
         return self._weights(rows, gamma) @ self._e[rows]
+
+    def user_vectors(self, recent: Sequence[str], gammas: Sequence[float | None]) -> list[np.ndarray]:
+        """:meth:`user_vector` for several decays at once (the rows are looked up once)."""
+        rows = self._rows(recent[-self.history:])
+        if rows.size == 0:
+            return [np.zeros(self.dim, dtype=np.float32) for _ in gammas]
+        e = self._e[rows]
+        return [self._weights(rows, g) @ e for g in gammas]
 
     def affinity(self, user_vec: np.ndarray, image_ids: Sequence[str]) -> np.ndarray:
         """``u · e_x`` for each image (0 for images without an embedding)."""
@@ -156,7 +171,7 @@ class ItemEmbeddings:
         m = len(self._members)
         if m == 0 or n <= 0 or not np.any(user_vec):
             return []
-        members = np.asarray(self._members, dtype=np.int64)
+        members = self._members_array()
         s = self._e[members] @ np.asarray(user_vec, dtype=np.float32)
         ex = self.registry.lookup(list(exclude))
         if ex.size:
@@ -166,6 +181,40 @@ class ItemEmbeddings:
         part = part[np.isfinite(s[part])]
         names = self.registry.names
         return sorted(((names[int(members[j])], float(s[j])) for j in part), key=lambda kv: (-kv[1], kv[0]))
+
+    def top_idx_batch(self, user_vecs: np.ndarray, n: int, excludes: Sequence[np.ndarray],
+                      chunk: int = 64) -> list[np.ndarray]:
+        """:meth:`top` for many users at once, as registry ids in the same order (affinity desc, then id):
+        one matrix product per ``chunk`` users over all embeddings. ``excludes``: registry ids per user;
+        an all-zero user vector gets nothing (as in :meth:`top`)."""
+        m = len(self._members)
+        out = [np.zeros(0, dtype=np.int64) for _ in range(user_vecs.shape[0])]
+        if m == 0 or n <= 0:
+            return out
+        members = self._members_array()
+        pos = np.full(self._has.shape[0], -1, dtype=np.int64)
+        pos[members] = np.arange(m)
+        emb_t = np.ascontiguousarray(self._e[members].T)
+        names = self.registry.names
+        take = min(m, n)
+        uv = np.asarray(user_vecs, dtype=np.float32)
+        for lo in range(0, uv.shape[0], chunk):
+            s = uv[lo:lo + chunk] @ emb_t  # (users, members)
+            for r in range(s.shape[0]):
+                ex = excludes[lo + r]
+                if ex.size:
+                    p = pos[ex[(ex >= 0) & (ex < pos.shape[0])]]
+                    s[r, p[p >= 0]] = -np.inf
+            part = np.argpartition(-s, take - 1, axis=1)[:, :take] if take < m else None
+            for r in range(s.shape[0]):
+                if not np.any(uv[lo + r]):
+                    continue
+                row = s[r]
+                cand = part[r] if part is not None else np.arange(m)
+                cand = cand[np.isfinite(row[cand])]
+                order = sorted(cand.tolist(), key=lambda j: (-float(row[j]), names[int(members[j])]))
+                out[lo + r] = members[np.asarray(order, dtype=np.int64)]
+        return out
 
     # ------------------------------------------------------------------ learning
     def learn(self, recent: Sequence[str], image_id: str, negatives: Sequence[str] = ()) -> float:
@@ -192,18 +241,31 @@ class ItemEmbeddings:
                 self._replay_pos = (self._replay_pos + 1) % self.replay_size
         return loss
 
+    def _members_array(self) -> np.ndarray:
+        """``_members`` as an array (cached; members are only ever appended, or replaced on restore)."""
+        arr = getattr(self, "_marr", None)
+        m = len(self._members)
+        if arr is None or arr.shape[0] != m or (m and arr[-1] != self._members[-1]):
+            arr = self._marr = np.asarray(self._members, dtype=np.int64)
+        return arr
+
     def _sample(self, n: int, avoid: int) -> list[int]:
         m = len(self._members)
         if m == 0:
             return []
         picks = self._rng.integers(0, m, size=n)
-        return [j for j in (self._members[p] for p in picks.tolist()) if j != avoid]
+        js = self._members_array()[picks]
+        return js[js != avoid].tolist()
 
     def _step(self, hist: tuple[int, ...], x: int, negatives: list[int]) -> float:
         if not hist:
             return 0.0
         rows = np.asarray(hist, dtype=np.int64)
-        c = np.asarray([x] + list(dict.fromkeys(j for j in negatives if j != x)), dtype=np.int64)
+        neg = np.asarray(negatives, dtype=np.int64)
+        neg = neg[neg != x]
+        _, first = np.unique(neg, return_index=True)  # distinct, in order of first appearance
+        first.sort()
+        c = np.concatenate(([x], neg[first]))
         if c.shape[0] < 2:
             return 0.0
         w = self._weights(rows)

@@ -38,6 +38,33 @@ class Popularity:
         self._asc: list[tuple[float, str]] | None = None  # the best M (raw, id), ascending
         self._m = 0
         self._all = False  # the cache holds every item
+        self.registry = None  # optional ItemRegistry: then scores are also kept in an array by its ids
+        self._arr = None
+
+    def attach(self, registry) -> None:
+        """Also keep the scores in an array by ``registry`` id, for :meth:`scores_idx` (vectorised)."""
+        import numpy as np
+
+        self.registry = registry
+        self._arr = np.zeros(max(64, len(registry)), dtype=np.float64)
+        self._refill()
+
+    def _refill(self) -> None:
+        from .registry import grow
+
+        ids = [self.registry.add(k) for k in self._scores]
+        self._arr = grow(self._arr, len(self.registry))
+        self._arr[:] = 0.0
+        if ids:
+            self._arr[ids] = list(self._scores.values())
+
+    def _set(self, image_id: str, value: float) -> None:
+        from .registry import grow
+
+        i = self.registry.add(image_id)
+        if i >= self._arr.shape[0]:
+            self._arr = grow(self._arr, i + 1)
+        self._arr[i] = value
 
     def __len__(self) -> int:
         return len(self._scores)
@@ -68,9 +95,13 @@ class Popularity:
             self._ref_ts = ts
             self._asc = None
             exponent = 0.0
+            if self._arr is not None:
+                self._refill()
         old = self._scores.get(image_id)
         new = (old or 0.0) + weight * 2.0 ** exponent
         self._scores[image_id] = new
+        if self._arr is not None:
+            self._set(image_id, new)
         self._patch(image_id, old, new)
 
     def _patch(self, image_id: str, old: float | None, new: float) -> None:
@@ -93,6 +124,8 @@ class Popularity:
 
     def forget(self, image_id: str) -> None:
         old = self._scores.pop(image_id, None)
+        if old is not None and self._arr is not None:
+            self._set(image_id, 0.0)
         if old is not None and self._asc is not None:
             j = bisect.bisect_left(self._asc, (old, image_id))
             if j < len(self._asc) and self._asc[j] == (old, image_id):
@@ -109,6 +142,32 @@ class Popularity:
         f = 2.0 ** (-(self._now - self._ref_ts) / self.half_life_ms)
         get = self._scores.get
         return np.fromiter((get(i, 0.0) for i in image_ids), dtype=np.float64, count=len(image_ids)) * f
+
+    def scores_idx(self, idx) -> "np.ndarray":
+        """:meth:`scores` by ids of the attached registry (``-1``: unknown, 0)."""
+        import numpy as np
+
+        f = 2.0 ** (-(self._now - self._ref_ts) / self.half_life_ms)
+        ok = (idx >= 0) & (idx < self._arr.shape[0])
+        out = np.zeros(idx.shape[0], dtype=np.float64)
+        out[ok] = self._arr[idx[ok]]
+        return out * f
+
+    def top_ids(self, n: int) -> list[str]:
+        """The ids of :meth:`top` ``(n)``, without the normalised scores."""
+        if n <= 0 or not self._scores:
+            return []
+        if self._asc is None or (self._m < n and not self._all):
+            return [k for k, _ in self.top(n)]
+        return [k for _, k in self._asc[: -n - 1: -1]] if n < len(self._asc) else [k for _, k in reversed(self._asc)]
+
+    def max_score(self) -> float:
+        """``score`` of the top image (0 when there is none)."""
+        if not self._scores:
+            return 0.0
+        if self._asc is None:
+            self.top(1)
+        return self._asc[-1][0] * 2.0 ** (-(self._now - self._ref_ts) / self.half_life_ms)
 
     def top(self, n: int, exclude: Container[str] = ()) -> list[tuple[str, float]]:
         """The ``n`` highest decayed scores (ties broken by id for determinism), normalised to (0, 1]."""
@@ -160,6 +219,7 @@ class DecayedCounts:
         self.half_life_ms = float(half_life_ms)
         self.registry = registry if registry is not None else ItemRegistry()
         self._v = np.zeros(64, dtype=np.float64)
+        self._vmax: float | None = 0.0  # cached max of _v (None: recompute)
         self._ref_ts = 0
         self._now = 0
         self._started = False
@@ -175,16 +235,20 @@ class DecayedCounts:
         e = (ts - self._ref_ts) / self.half_life_ms
         if e > 60:
             self._v *= 2.0 ** -e
+            self._vmax = None
             self._ref_ts, e = ts, 0.0
         i = self.registry.add(image_id)
         if i >= self._v.shape[0]:
             self._v = grow(self._v, i + 1)
         self._v[i] += weight * 2.0 ** e
+        if self._vmax is not None and self._v[i] > self._vmax:
+            self._vmax = float(self._v[i])
 
     def forget(self, image_id: str) -> None:
         i = self.registry.get(image_id)
         if i is not None and i < self._v.shape[0]:
             self._v[i] = 0.0
+            self._vmax = None
 
     def scores(self, image_ids) -> "np.ndarray":
         return self.scores_idx(self.registry.lookup(image_ids))
@@ -198,7 +262,9 @@ class DecayedCounts:
         return out * 2.0 ** (-(self._now - self._ref_ts) / self.half_life_ms)
 
     def max(self) -> float:
-        return float(self._v.max(initial=0.0)) * 2.0 ** (-(self._now - self._ref_ts) / self.half_life_ms)
+        if self._vmax is None:
+            self._vmax = float(self._v.max(initial=0.0))
+        return self._vmax * 2.0 ** (-(self._now - self._ref_ts) / self.half_life_ms)
 
     def to_dict(self) -> dict:
         names = self.registry.names
@@ -215,6 +281,7 @@ class DecayedCounts:
         self._ref_ts, self._now, self._started = int(d["ref"]), int(d["now"]), bool(d["started"])
         ids = [self.registry.add(str(x)) for x in d["names"]]
         self._v = grow(self._v, len(self.registry))
+        self._vmax = None
         for i, v in zip(ids, d["v"], strict=True):
             self._v[i] = float(v)
         return self

@@ -53,7 +53,7 @@ by the core from the stream). Without a scorer the linear prior alone is used.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,7 +61,7 @@ from .covisit import CoVisitation, CovisQuery
 from .index import ImageIndex
 from .itemvec import ItemEmbeddings
 from .popularity import DecayedCounts, Popularity
-from .registry import ItemRegistry
+from .registry import CatalogMirror, ItemRegistry
 from .scorer import OnlineScorer
 from .state import UserState
 
@@ -100,7 +100,12 @@ class RecItem:
 
 @dataclass
 class Signals:
-    """The shared state the ranker reads (all optional except the index and the trending counts)."""
+    """The shared state the ranker reads (all optional except the index and the trending counts).
+
+    ``mirror`` is a dense copy of the catalog by ``registry`` id (vectors, created_at, liveness); the core
+    passes the one it keeps in step with the index. Without one, :meth:`prepare` copies the index into a
+    new mirror (fine for tests and one-off calls, O(catalog) per call).
+    """
 
     index: ImageIndex
     popularity: Popularity
@@ -113,23 +118,33 @@ class Signals:
     registry: ItemRegistry | None = None  # shared by covisit, embeddings and the counters, if given
     now: int = 0
     fresh: list[tuple[str, int]] | None = None
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # cache; the owner invalidates it
+    mirror: CatalogMirror | None = None
     pop_max: float = 0.0
     pop_long_max: float = 0.0
 
     def prepare(self, fresh_pool: int) -> Signals:
+        if self.registry is None:
+            self.registry = self.covisit.registry if self.covisit is not None else ItemRegistry()
+        if self.mirror is None or self.mirror.registry is not self.registry:
+            self.mirror = CatalogMirror(self.index.dim, self.registry)
+            self.mirror.rebuild(self.index)
         if self.fresh is None:
             self.fresh = self.index.newest(fresh_pool)
-        top = self.popularity.top(1)
-        self.pop_max = self.popularity.score(top[0][0]) if top else 0.0
+        if hasattr(self.popularity, "max_score"):
+            self.pop_max = self.popularity.max_score()
+        else:
+            top = self.popularity.top(1)
+            self.pop_max = self.popularity.score(top[0][0]) if top else 0.0
         if self.popularity_long is not None:
             self.pop_long_max = self.popularity_long.max()
         return self
 
-    def ensure_vectors(self, ids: list[str]) -> None:
-        missing = [i for i in ids if i not in self.vectors]
-        if missing:
-            self.vectors.update(self.index.vectors(missing))
+    def idx_for(self, component, idx: np.ndarray) -> np.ndarray:
+        """``idx`` (ids of :attr:`registry`) as ids of ``component``'s own registry."""
+        if component.registry is self.registry:
+            return idx
+        names = self.registry.names
+        return component.registry.lookup([names[i] for i in idx.tolist()])
 
 
 @dataclass
@@ -144,21 +159,54 @@ class UserQuery:
     ref: np.ndarray | None = None
 
 
-@dataclass
 class Scored:
-    """One user's candidates with their sources, feature rows and scores (before the top-K cut)."""
+    """One user's candidates (registry ids ``idx``) with their sources, feature rows and scores (before
+    the top-K cut). ``ids`` and ``sources`` (strings) are materialised on first use."""
 
-    state: UserState
-    ids: list[str]
-    sources: list[str]
-    features: np.ndarray
-    scores: np.ndarray
-    query: UserQuery
-    created: np.ndarray | None = None  # created_at per candidate: equal scores go newest first
+    __slots__ = ("state", "idx", "src", "features", "scores", "query", "created", "registry", "_ids")
+
+    def __init__(self, state: UserState, idx: np.ndarray, src: np.ndarray, features: np.ndarray,
+                 scores: np.ndarray, query: UserQuery, created: np.ndarray, registry: ItemRegistry) -> None:
+        self.state = state
+        self.idx = idx
+        self.src = src  # positions in SOURCES
+        self.features = features
+        self.scores = scores
+        self.query = query
+        self.created = created  # created_at per candidate: equal scores go newest first
+        self.registry = registry
+        self._ids: list[str] | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        if self._ids is None:
+            names = self.registry.names
+            self._ids = [names[i] for i in self.idx.tolist()]
+        return self._ids
+
+    @property
+    def sources(self) -> list[str]:
+        return [SOURCES[c] for c in self.src.tolist()]
+
+    def position(self, image_id: str) -> int:
+        """Position of ``image_id`` among the candidates, -1 if it is not one."""
+        i = self.registry.get(image_id)
+        if i is None:
+            return -1
+        hit = np.flatnonzero(self.idx == i)
+        return int(hit[0]) if hit.size else -1
 
     def top(self, k: int) -> list[RecItem]:
-        s = self.scores
-        return [RecItem(self.ids[j], float(s[j]), self.sources[j]) for j in top_k(s, self.ids, k, self.created)]
+        s, idx, names = self.scores, self.idx, self.registry.names
+        n = idx.shape[0]
+        if n > k > 0:
+            kth = np.partition(s, n - k)[n - k]
+            sel = np.flatnonzero(s >= kth).tolist()
+        else:
+            sel = list(range(n))
+        c = self.created
+        order = sorted(sel, key=lambda j: (-float(s[j]), -float(c[j]), names[idx[j]]))[: max(k, 0)]
+        return [RecItem(names[idx[j]], float(s[j]), SOURCES[self.src[j]]) for j in order]
 
 
 def group_stats(x: np.ndarray) -> np.ndarray:
@@ -169,11 +217,37 @@ def group_stats(x: np.ndarray) -> np.ndarray:
     return np.array([x[:, F["covisit"]].max(), c.mean(), c.std()], dtype=np.float32)
 
 
+def group_stats_many(x: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`group_stats` of every segment ``x[starts[u]:starts[u] + counts[u]]`` at once, (users, 3)."""
+    out = np.tile(np.array([0.0, 0.0, 1.0], dtype=np.float32), (counts.shape[0], 1))
+    nz = counts > 0
+    if not nz.any():
+        return out
+    st, cn = starts[nz], counts[nz]
+    cov = x[:, F["covisit"]]
+    col = x[:, F["collab"]].astype(np.float64)
+    mean = np.add.reduceat(col, st) / cn
+    dev = col - np.repeat(mean, cn)
+    out[nz, 0] = np.maximum.reduceat(cov, st)
+    out[nz, 1] = mean
+    out[nz, 2] = np.sqrt(np.add.reduceat(dev * dev, st) / cn)
+    return out
+
+
 def relative(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Fill the relative feature columns of ``x`` in place (and return it)."""
     if ref[0] > 0:
         x[:, F["covisit_rel"]] = x[:, F["covisit"]] / ref[0]
     x[:, F["collab_z"]] = (x[:, F["collab"]] - ref[1]) / max(float(ref[2]), 1e-6)
+    return x
+
+
+def relative_many(x: np.ndarray, refs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """:func:`relative` for consecutive segments of ``counts`` rows, segment ``u`` against ``refs[u]``."""
+    r = np.repeat(refs, counts, axis=0)
+    cov = x[:, F["covisit"]]
+    np.divide(cov, r[:, 0], out=x[:, F["covisit_rel"]], where=r[:, 0] > 0)
+    x[:, F["collab_z"]] = (x[:, F["collab"]] - r[:, 1]) / np.maximum(r[:, 2], 1e-6)
     return x
 
 
@@ -206,8 +280,26 @@ def _search(index: ImageIndex, queries: np.ndarray, k: int) -> list:
         faiss.omp_set_num_threads(n)
 
 
+_BLAS = None
+
+
+def one_blas_thread():
+    """A context in which NumPy's BLAS runs on one thread. The batched products here (tens of thousands
+    of candidate rows times a few dozen columns) are too small for BLAS threads to pay off: on a shared
+    2-core box they made the ranker 2x slower (threads spinning against FAISS, torch and each other)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS.limit(limits=1)
+
+
 def _log_pop(raw: np.ndarray, top: float) -> np.ndarray:
     return 1.0 + np.log(1e-4 + raw / top) / 9.2104 if top > 0 else np.zeros_like(raw)
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
 
 
 @dataclass
@@ -236,8 +328,7 @@ class Ranker:
             if sig.covisit_seq is not None:
                 q.covis_seq = sig.covisit_seq.query(st.recent)
             if sig.embeddings is not None:
-                q.uvec = sig.embeddings.user_vector(st.recent)
-                q.uvec_long = sig.embeddings.user_vector(st.recent, gamma=0.97)
+                q.uvec, q.uvec_long = sig.embeddings.user_vectors(st.recent, (None, 0.97))
         return q
 
     def features(self, st: UserState, ids: list[str], sig: Signals, uq: UserQuery | None = None) -> np.ndarray:
@@ -246,68 +337,113 @@ class Ranker:
         Relative features are computed against ``uq.ref`` (statistics of the user's candidate set) or,
         when that is None, against ``ids`` themselves.
         """
-        n = len(ids)
+        sig.prepare(self.fresh_pool)
+        uq = uq or self.user_query(st, sig)
+        idx = sig.registry.lookup(ids)
+        x = self.features_many([st], [idx], sig, [uq])
+        return relative(x, group_stats(x) if uq.ref is None else uq.ref)
+
+    def features_many(self, states: list[UserState], cands: list[np.ndarray], sig: Signals,
+                      uqs: list[UserQuery]) -> np.ndarray:
+        """Feature rows of every user's candidates (registry ids ``cands[u]``, live images), stacked in
+        user order; the relative columns are left at zero (see :func:`relative_many`). One gather per
+        catalog array for the whole batch; only what depends on one user's own taste is done per user."""
+        counts = np.fromiter((c.shape[0] for c in cands), dtype=np.int64, count=len(cands))
+        n = int(counts.sum())
         x = np.zeros((n, N_FEATURES), dtype=np.float32)
         if n == 0:
             return x
-        uq = uq or self.user_query(st, sig)
-        sig.ensure_vectors(ids)
-        v = np.stack([sig.vectors[i] for i in ids])
-        if not st.is_cold:
-            sims = v @ st.interests.T  # (n, m)
-            w = st.weights.astype(np.float64)
-            wmax = float(w.max()) if w.size else 0.0
-            wn = (0.5 + 0.5 * w / wmax) if wmax > 0 else np.ones_like(w)
-            x[:, F["content_max"]] = (sims * wn[None, :].astype(np.float32)).max(axis=1)
-            wsum = float(w.sum())
-            x[:, F["content_mean"]] = sims @ (w / wsum).astype(np.float32) if wsum > 0 else sims.mean(axis=1)
-        neg_norm = float(np.linalg.norm(st.negative))
-        if neg_norm > 0:
-            x[:, F["negative"]] = (v @ (st.negative / neg_norm)) * (neg_norm / (neg_norm + 1.0))
-        x[:, F["trending"]] = _log_pop(sig.popularity.scores(ids), sig.pop_max)
-        # Everything below is looked up by the shared registry's integer ids, mapped once here.
-        reg = sig.registry or (sig.covisit.registry if sig.covisit is not None else None)
-        idx = reg.lookup(ids) if reg is not None else None
-
-        def lookup(component) -> np.ndarray:
-            return idx if component.registry is reg else component.registry.lookup(ids)
-
-        if uq.covis is not None:
-            x[:, F["covisit"]], x[:, F["covisit_last"]] = uq.covis.score_idx(lookup(sig.covisit))
-        if uq.covis_long is not None:
-            x[:, F["covisit_long"]] = uq.covis_long.score_idx(lookup(sig.covisit))[0]
-        if uq.covis_seq is not None:
-            x[:, F["covisit_seq"]] = uq.covis_seq.score_idx(lookup(sig.covisit_seq))[0]
+        idx = np.concatenate(cands)
+        starts = np.zeros(len(cands), dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        mir, reg = sig.mirror, sig.registry
+        v = mir.vec[idx]  # (n, dim) unit vectors
+        if getattr(sig.popularity, "registry", None) is reg:
+            x[:, F["trending"]] = _log_pop(sig.popularity.scores_idx(idx), sig.pop_max)
+        else:
+            names = reg.names
+            x[:, F["trending"]] = _log_pop(sig.popularity.scores([names[i] for i in idx.tolist()]), sig.pop_max)
         if sig.popularity_long is not None:
-            x[:, F["trending_long"]] = _log_pop(sig.popularity_long.scores_idx(lookup(sig.popularity_long)),
+            x[:, F["trending_long"]] = _log_pop(sig.popularity_long.scores_idx(sig.idx_for(sig.popularity_long, idx)),
                                                 sig.pop_long_max)
         if sig.covisit is not None:
-            mass = sig.covisit.masses_idx(lookup(sig.covisit))
+            mass = sig.covisit.masses_idx(sig.idx_for(sig.covisit, idx))
             x[:, F["popularity"]] = np.log1p(mass) / 5.0
             x[:, F["cold_item"]] = mass <= 0
-            if st.recent:
-                x[:, F["user_pop_taste"]] = float(np.log1p(sig.covisit.masses(st.recent)).mean() / 5.0)
         if sig.engagement_all is not None and sig.engagement_pos is not None:
-            alle = sig.engagement_all.scores_idx(lookup(sig.engagement_all))
-            x[:, F["like_rate"]] = (sig.engagement_pos.scores_idx(lookup(sig.engagement_pos)) + 0.5) / (alle + 1.0)
+            alle = sig.engagement_all.scores_idx(sig.idx_for(sig.engagement_all, idx))
+            pos = sig.engagement_pos.scores_idx(sig.idx_for(sig.engagement_pos, idx))
+            x[:, F["like_rate"]] = (pos + 0.5) / (alle + 1.0)
             x[:, F["engagement"]] = np.log1p(alle) / 5.0
-        if uq.uvec is not None:
-            emb = sig.embeddings
-            eidx = lookup(emb)
-            x[:, F["collab"]] = emb.affinity_idx(uq.uvec, eidx)
-            x[:, F["collab_long"]] = emb.affinity_idx(uq.uvec_long, eidx)
-            x[:, F["collab_max"]] = emb.max_affinity_idx(emb._rows(st.recent[-10:]), eidx)
-        created = self.created(ids, sig)
+        created = mir.created[idx].astype(np.float64)
         age = np.maximum(0.0, sig.now - created)
         x[:, F["fresh"]] = np.exp2(-age / self.fresh_half_life_ms)
         x[:, F["age"]] = np.log1p(age / _DAY_MS) / 5.0
-        x[:, F["user_activity"]] = math.log1p(st.version) / 7.0
-        x[:, F["user_cold"]] = 1.0 if st.is_cold else 0.0
-        return relative(x, group_stats(x) if uq.ref is None else uq.ref)
+        x[:, F["user_activity"]] = np.repeat(
+            np.fromiter((math.log1p(st.version) / 7.0 for st in states), dtype=np.float64, count=len(states)), counts)
+        x[:, F["user_cold"]] = np.repeat(
+            np.fromiter((1.0 if st.is_cold else 0.0 for st in states), dtype=np.float64, count=len(states)), counts)
+        emb = sig.embeddings
+        e = eidx = None
+        if emb is not None and any(uq.uvec is not None for uq in uqs):
+            eidx = sig.idx_for(emb, idx)
+            ok = emb._known(eidx)
+            e = np.zeros((n, emb.dim), dtype=np.float32)
+            e[ok] = emb._e[eidx[ok]]
+        for u, (st, uq) in enumerate(zip(states, uqs, strict=True)):
+            lo, hi = int(starts[u]), int(starts[u] + counts[u])
+            if lo == hi:
+                continue
+            xu, iu = x[lo:hi], idx[lo:hi]
+            # Content and negative features from one product with a few per-user directions: the interests
+            # pre-scaled by their weight factor (max), their weighted mean (mean), the negative direction.
+            m = 0 if st.is_cold else st.interests.shape[0]
+            dirs = []
+            if m:
+                w = st.weights.astype(np.float64)
+                wmax = float(w.max()) if w.size else 0.0
+                wn = (0.5 + 0.5 * w / wmax) if wmax > 0 else np.ones_like(w)
+                wsum = float(w.sum())
+                mix = (w / wsum) if wsum > 0 else np.full(m, 1.0 / m)
+                dirs += [st.interests * wn[:, None].astype(np.float32), (mix @ st.interests)[None, :]]
+            neg_norm = float(np.linalg.norm(st.negative))
+            if neg_norm > 0:
+                dirs.append((st.negative * (1.0 / (neg_norm + 1.0)))[None, :])
+            if dirs:
+                sims = v[lo:hi] @ np.vstack(dirs).astype(np.float32).T
+                if m:
+                    xu[:, F["content_max"]] = sims[:, :m].max(axis=1)
+                    xu[:, F["content_mean"]] = sims[:, m]
+                if neg_norm > 0:
+                    xu[:, F["negative"]] = sims[:, -1]
+            if uq.covis is not None:
+                xu[:, F["covisit"]], xu[:, F["covisit_last"]] = uq.covis.score_idx(sig.idx_for(sig.covisit, iu))
+            if uq.covis_long is not None:
+                xu[:, F["covisit_long"]] = uq.covis_long.score_idx(sig.idx_for(sig.covisit, iu))[0]
+            if uq.covis_seq is not None:
+                xu[:, F["covisit_seq"]] = uq.covis_seq.score_idx(sig.idx_for(sig.covisit_seq, iu))[0]
+            if sig.covisit is not None and st.recent:
+                xu[:, F["user_pop_taste"]] = float(np.log1p(sig.covisit.masses(st.recent)).mean() / 5.0)
+            if uq.uvec is not None:
+                eu = e[lo:hi]
+                rows = emb._rows(st.recent[-10:])
+                dirs = [uq.uvec, uq.uvec_long] + ([emb._e[rows]] if rows.size else [])
+                a = eu @ np.vstack(dirs).astype(np.float32).T
+                xu[:, F["collab"]] = a[:, 0]
+                xu[:, F["collab_long"]] = a[:, 1]
+                if rows.size:  # images without an embedding have an all-zero row: 0, as before
+                    xu[:, F["collab_max"]] = a[:, 2:].max(axis=1)
+        return x
 
     @staticmethod
     def created(ids: list[str], sig: Signals) -> np.ndarray:
-        return np.fromiter((sig.index.created_at(i) or 0 for i in ids), dtype=np.float64, count=len(ids))
+        if sig.mirror is None or sig.registry is None:
+            return np.fromiter((sig.index.created_at(i) or 0 for i in ids), dtype=np.float64, count=len(ids))
+        idx = sig.registry.lookup(ids)
+        out = np.zeros(len(ids), dtype=np.float64)
+        ok = sig.mirror.known(idx)
+        out[ok] = sig.mirror.created[idx[ok]]
+        return out
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         if self.scorer is not None:
@@ -345,7 +481,8 @@ class Ranker:
         return [sc.top(k) for sc in self.score_batch(states, sig, k)]
 
     def score_batch(self, states: list[UserState], sig: Signals, k: int | None = None) -> list[Scored]:
-        """Candidates, features and scores for each state (one batched FAISS search for all of them).
+        """Candidates, features and scores for each state: one batched FAISS search, one collaborative
+        top-N product, one feature gather and one scorer call for the whole batch.
 
         Every state is validated first (:meth:`UserState.validate`): a state with NaN/Inf, all-zero or
         wrongly shaped vectors raises :class:`~models.errors.InvalidInput` instead of being ranked.
@@ -355,42 +492,64 @@ class Ranker:
             return []
         for st in states:
             st.validate()
+        with one_blas_thread():
+            return self._score_batch(states, sig, k)
+
+    def _score_batch(self, states: list[UserState], sig: Signals, k: int) -> list[Scored]:
         sig.prepare(self.fresh_pool)
+        reg = sig.registry
         queries, spans = self._query_matrix(states)
         # Each user's content pool depends only on that user (k·overfetch + their own exclusions), so a
         # user gets the same list whatever batch they are in; one search serves the largest pool.
         own = [k * self.overfetch + min(len(s.seen) + len(s.hidden), self.max_exclude_overfetch) for s in states]
         hits = _search(sig.index, queries, max(own)) if queries.shape[0] else []
-        trending = sig.popularity.top(self.trending_pool)
+        trending = reg.lookup(sig.popularity.top_ids(self.trending_pool) if hasattr(sig.popularity, "top_ids")
+                              else [i for i, _ in sig.popularity.top(self.trending_pool)])
+        fresh = reg.lookup([i for i, _ in sig.fresh or ()])
+        uqs = [self.user_query(st, sig) for st in states]
+        excl = [reg.lookup(list(st.excluded())) for st in states]
+        collab: list[np.ndarray] = [_EMPTY] * len(states)
+        if sig.embeddings is not None:
+            with_u = [u for u, uq in enumerate(uqs) if uq.uvec is not None]
+            if with_u:
+                tops = sig.embeddings.top_idx_batch(
+                    np.stack([uqs[u].uvec for u in with_u]), self.collab_pool,
+                    [sig.idx_for(sig.embeddings, excl[u]) for u in with_u])
+                for u, t in zip(with_u, tops, strict=True):
+                    collab[u] = t if sig.embeddings.registry is reg else reg.lookup(
+                        [sig.embeddings.registry.names[i] for i in t.tolist()])
+        get = reg._int.get
+        cands, srcs = [], []
+        for u, (st, (lo, hi), k_own) in enumerate(zip(states, spans, own, strict=True)):
+            uq = uqs[u]
+            cov = _EMPTY
+            if uq.covis is not None:
+                cov = uq.covis.top_idx(self.covisit_pool, sig.idx_for(sig.covisit, excl[u]))
+                if sig.covisit.registry is not reg:
+                    cov = reg.lookup([sig.covisit.registry.names[i] for i in cov.tolist()])
+            content = [get(i, -1) for row in hits[lo:hi] for i, _ in row[:k_own]]
+            parts = (cov, np.asarray(content, dtype=np.int64), collab[u], trending, fresh)
+            allc = np.concatenate(parts)
+            code = np.repeat(np.arange(len(SOURCES), dtype=np.int8), [p.shape[0] for p in parts])
+            _, first = np.unique(allc, return_index=True)
+            first.sort()  # first appearance wins the source, in SOURCES order
+            c, cc = allc[first], code[first]
+            keep = sig.mirror.known(c)
+            if excl[u].size:
+                keep &= ~np.isin(c, excl[u])
+            cands.append(c[keep])
+            srcs.append(cc[keep])
+        x = self.features_many(states, cands, sig, uqs)
+        counts = np.fromiter((c.shape[0] for c in cands), dtype=np.int64, count=len(cands))
+        starts = np.zeros(len(cands), dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        refs = group_stats_many(x, starts, counts)
+        relative_many(x, refs, counts)
+        scores = self._score(x) if x.shape[0] else np.zeros(0, dtype=np.float32)
+        created = sig.mirror.created[np.concatenate(cands)] if x.shape[0] else np.zeros(0, dtype=np.int64)
         out = []
-        for st, (lo, hi), k_own in zip(states, spans, own, strict=True):
-            uq = self.user_query(st, sig)
-            ids, srcs = self.candidates(st, [row[:k_own] for row in hits[lo:hi]], trending, sig, uq)
-            x = self.features(st, ids, sig, uq)
-            uq.ref = group_stats(x)
-            scores = self._score(x) if ids else np.zeros(0, dtype=np.float32)
-            out.append(Scored(st, ids, srcs, x, scores, uq, self.created(ids, sig)))
+        for u, st in enumerate(states):
+            lo, hi = int(starts[u]), int(starts[u] + counts[u])
+            uqs[u].ref = refs[u]
+            out.append(Scored(st, cands[u], srcs[u], x[lo:hi], scores[lo:hi], uqs[u], created[lo:hi], reg))
         return out
-
-    def candidates(
-        self, st: UserState, hits: list, trending: list, sig: Signals, uq: UserQuery,
-    ) -> tuple[list[str], list[str]]:
-        """(candidate ids, their source) for one user; seen, hidden and deleted images dropped."""
-        excluded = st.excluded()
-        source: dict[str, str] = {}
-        if uq.covis is not None:
-            for i, _ in uq.covis.top(self.covisit_pool, excluded):
-                source.setdefault(i, "covisit")
-        for row in hits:
-            for i, _ in row:
-                source.setdefault(i, "content")
-        if uq.uvec is not None:
-            for i, _ in sig.embeddings.top(uq.uvec, self.collab_pool, excluded):
-                source.setdefault(i, "collab")
-        for i, _ in trending:
-            source.setdefault(i, "trending")
-        for i, _ in sig.fresh or ():
-            source.setdefault(i, "fresh")
-        index = sig.index
-        ids = [i for i in source if i not in excluded and i in index]
-        return ids, [source[i] for i in ids]

@@ -63,3 +63,74 @@ def grow(arr: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros((cap,) + arr.shape[1:], dtype=arr.dtype)
     out[: arr.shape[0]] = arr
     return out
+
+
+class CatalogMirror:
+    """A dense copy of the catalog by registry id: unit vectors, ``created_at`` and liveness.
+
+    The index answers nearest-neighbour searches; the ranker also needs the vector and age of a few
+    hundred arbitrary candidates per user, which this mirror serves with one NumPy gather instead of a
+    Python-level lookup per image. The core keeps it in step with the index (``apply_images``), and
+    rebuilds it when the index object is swapped or was mutated behind the core's back (``synced`` is
+    the index's ``mutations`` counter this mirror reflects).
+
+    >>> reg = ItemRegistry()
+    >>> m = CatalogMirror(2, reg)
+    >>> m.upsert(["a", "b", "a"], np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]]), [1, 2, 3])
+    >>> m.vec[reg.lookup(["a"])].tolist(), m.created[reg.lookup(["a", "b"])].tolist()
+    ([[0.0, 1.0]], [3, 2])
+    >>> m.remove(["b"]); m.known(reg.lookup(["a", "b", "zz"])).tolist()
+    [True, False, False]
+    """
+
+    def __init__(self, dim: int, registry: ItemRegistry) -> None:
+        self.dim = dim
+        self.registry = registry
+        self.vec = np.zeros((64, dim), dtype=np.float32)
+        self.alive = np.zeros(64, dtype=bool)
+        self.created = np.zeros(64, dtype=np.int64)
+        self.synced = -1
+
+    def _fit(self, n: int) -> None:
+        if n > self.alive.shape[0]:
+            self.vec = grow(self.vec, n)
+            self.alive = grow(self.alive, n)
+            self.created = grow(self.created, n)
+
+    def upsert(self, image_ids: Sequence[str], mat: np.ndarray, created: Sequence[int]) -> None:
+        """Store (normalised exactly as the index stores them); the last row wins for a repeated id."""
+        from .vectors import as_unit_matrix
+
+        if len(image_ids) == 0:
+            return
+        mat = as_unit_matrix(mat, self.dim)
+        last = {image_id: row for row, image_id in enumerate(image_ids)}
+        rows = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+        idx = np.fromiter((self.registry.add(i) for i in last), dtype=np.int64, count=len(last))
+        self._fit(len(self.registry))
+        self.vec[idx] = mat[rows]
+        self.created[idx] = np.asarray(created, dtype=np.int64)[rows]
+        self.alive[idx] = True
+
+    def remove(self, image_ids: Sequence[str]) -> None:
+        idx = self.registry.lookup(list(image_ids))
+        idx = idx[(idx >= 0) & (idx < self.alive.shape[0])]
+        self.alive[idx] = False
+
+    def rebuild(self, index) -> None:
+        """Copy everything from ``index`` (an :class:`~models.index.ImageIndex`)."""
+        self.alive[:] = False
+        self.synced = getattr(index, "mutations", -1)
+        ids = index.ids()
+        if not ids:
+            return
+        vecs = index.vectors(ids)
+        ids = [i for i in ids if i in vecs]
+        if ids:
+            self.upsert(ids, np.stack([vecs[i] for i in ids]), [index.created_at(i) or 0 for i in ids])
+
+    def known(self, idx: np.ndarray) -> np.ndarray:
+        """Which registry ids are live catalog images."""
+        ok = (idx >= 0) & (idx < self.alive.shape[0])
+        ok[ok] = self.alive[idx[ok]]
+        return ok

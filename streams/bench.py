@@ -303,6 +303,53 @@ def model_microbench(cfg: BenchConfig, snapshot: Path, events: int = 2_000) -> d
     return out
 
 
+def model_batch_bench(cfg: BenchConfig, batch: int = 200, warm_batches: int = 10, batches: int = 15) -> dict:
+    """The project's RecommenderCore in-process in the worker's pattern (no Kafka, no Redis): per batch of
+    ``batch`` events, ``learn`` each event, then one ``recommend`` for the batch's users. Wall and CPU
+    (process) time per event over ``batches`` batches after ``warm_batches``; torch/FAISS are imported
+    before the timed window. ``scorer_groups``: training groups the scorer received in the window."""
+    import faiss
+    import torch
+
+    from models.index import restore_index
+
+    from .app import build_core
+    from .settings import Settings
+
+    faiss.omp_set_num_threads(1)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch's lazy imports, outside the window
+    core = build_core(Settings(dim=cfg.dim, k=cfg.k, encoder="none", index_kind=cfg.index_kind))
+    core.index, _ = restore_index(build_snapshot(cfg), cfg.dim)
+    src = EventSource(cfg, seed_offset=9)
+    states: dict = {}
+    now = int(time.time() * 1000)
+
+    def one() -> tuple[float, float, float]:
+        evs = [orjson.loads(src.next(now)[1]) for _ in range(batch)]
+        t0, c0 = time.perf_counter(), time.process_time()
+        for e in evs:
+            u = e["user_id"]
+            states[u], _ = core.learn(states.get(u) or core.new_state(u), image_id=e["image_id"],
+                                      action=e["action"], ts=e["ts"], event_id=e["event_id"])
+        t1 = time.perf_counter()
+        core.recommend([states[u] for u in dict.fromkeys(e["user_id"] for e in evs)])
+        return t1 - t0, time.perf_counter() - t1, time.process_time() - c0
+
+    for _ in range(warm_batches):
+        one()
+    g0 = core.scorer.groups_seen
+    learn_s = rec_s = cpu_s = 0.0
+    for _ in range(batches):
+        a, b, c = one()
+        learn_s, rec_s, cpu_s = learn_s + a, rec_s + b, cpu_s + c
+    n = batch * batches
+    return {"images": cfg.images, "dim": cfg.dim, "users": cfg.users, "index_kind": cfg.index_kind, "batch": batch,
+            "warm_batches": warm_batches, "batches": batches, "us_per_event": (learn_s + rec_s) / n * 1e6,
+            "cpu_us_per_event": cpu_s / n * 1e6, "learn_us_per_event": learn_s / n * 1e6,
+            "recommend_us_per_event": rec_s / n * 1e6, "scorer_groups": core.scorer.groups_seen - g0,
+            "events": n, "load_avg": os.getloadavg()}
+
+
 # ============================================================================================ worker processes
 def _free_port() -> int:
     from .localstack import free_port
@@ -1316,6 +1363,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--profile-dir", default=None, help="py-spy each pipeline during its drain (collapsed stacks)")
     p.add_argument("--search-queries", type=int, default=d.search_queries, help="0 = skip the index micro-benchmark")
+    mb = sub.add_parser("model", help="the model alone in the worker's batch pattern (learn each event, one "
+                                      "recommend per batch): wall and CPU us/event")
+    mb.add_argument("--images", type=int, default=d.images)
+    mb.add_argument("--dim", type=int, default=d.dim)
+    mb.add_argument("--users", type=int, default=d.users)
+    mb.add_argument("--index-kind", default=d.index_kind, choices=("flat", "hnsw"))
+    mb.add_argument("--batch", type=int, default=200)
+    mb.add_argument("--warm-batches", type=int, default=10)
+    mb.add_argument("--batches", type=int, default=15)
+    mb.add_argument("--out", default=None)
     sc = sub.add_parser("scale", help="scale curves (images and users) and docs/img/scale.png")
     sc.add_argument("--images", default="10000,100000,1000000")
     sc.add_argument("--users", default="10000,100000,1000000")
@@ -1325,6 +1382,16 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--png", default=str(ROOT / "docs" / "img" / "scale.png"))
     sc.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    if a.cmd == "model":
+        res = model_batch_bench(BenchConfig(images=a.images, dim=a.dim, users=a.users, index_kind=a.index_kind),
+                                batch=a.batch, warm_batches=a.warm_batches, batches=a.batches)
+        print(f"model: {res['us_per_event']:,.0f} us/event wall, {res['cpu_us_per_event']:,.0f} CPU "
+              f"(learn {res['learn_us_per_event']:,.0f}, recommend {res['recommend_us_per_event']:,.0f}); "
+              f"{res['scorer_groups']} scorer groups / {res['events']} events; load {res['load_avg']}")
+        if a.out:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.out).write_text(json.dumps(res, indent=2))
+        return 0
     if a.cmd == "scale":
         run_scale(images=_ints(a.images), users=_ints(a.users), dim=a.dim, kinds=tuple(a.kinds.split(",")),
                   hnsw_budget_s=a.hnsw_budget_s, png=a.png or None, out=a.out)
