@@ -153,6 +153,19 @@ class OffsetGuard:
                 self.next[tp] = nxt
         return keep, seeks, dropped
 
+    def overdue(self) -> dict[Any, int]:
+        """Seeks still unanswered ``reseek_s`` after they were made (marked as made again now).
+
+        A seek back can be defeated without any batch arriving to notice: Faust drops every fetched record
+        below its per-partition read offset, and records fetched *before* the seek but drained after it
+        raise that read offset past the sought one, so the re-fetched records are all dropped. Seeking
+        again once that stale fetch is drained resets the read offset and the records flow."""
+        now = self._clock()
+        due = {tp: off for tp, (off, when) in self.pending.items() if now - when > self.reseek_s}
+        for tp, off in due.items():
+            self.pending[tp] = (off, now)
+        return due
+
 
 class _Versions:
     """Result versions: strictly increasing per process, µs wall clock (comparable across workers)."""
@@ -306,6 +319,12 @@ class Pipeline:
                         tp.topic, tp.partition, offset)
             await self.app.consumer.seek(tp, offset)
         return keep
+
+    async def reseek_overdue(self) -> None:
+        """Repeat seek-backs that delivered nothing (see :meth:`OffsetGuard.overdue`); runs every second."""
+        for tp, offset in self.guard.overdue().items():
+            log.warning("no record of %s/%d since seeking back to %d: seeking again", tp.topic, tp.partition, offset)
+            await self.app.consumer.seek(tp, offset)
 
     def _lag_monitor(self) -> LagMonitor:
         if self.lag_monitor is None:
@@ -610,6 +629,10 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     async def on_assigned(app, assigned, **kwargs):
         log.info("partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
         await pipe.on_assigned(assigned)
+
+    @app.timer(interval=1.0)
+    async def reseek():
+        await pipe.reseek_overdue()
 
     @app.timer(interval=5.0)
     async def gauges():

@@ -67,3 +67,24 @@ def test_unknown_partition_starts_where_delivery_starts():
     g = OffsetGuard()
     assert offsets(g.admit([ev(3), ev(4)])[0]) == [3, 4]
     assert g.next[TP] == 5
+
+
+def test_a_seek_that_delivers_nothing_is_repeated_without_waiting_for_a_batch():
+    """Faust can drop every re-fetched record (its read offset was raised by a stale fetch drained after
+    the seek), so no batch ever arrives to trigger the re-seek: ``overdue`` repeats it on a timer."""
+    clock = Clock()
+    g = OffsetGuard(reseek_s=5.0, clock=clock)
+    g.reset({TP: 10, OTHER: 0})
+    _, seeks, _ = g.admit([ev(12)])
+    assert seeks == {TP: 10}
+    clock.t = 4.0
+    assert g.overdue() == {}
+    clock.t = 6.0
+    assert g.overdue() == {TP: 10}
+    assert g.overdue() == {}, "marked as sought again: not repeated before another reseek_s"
+    clock.t = 12.0
+    assert g.overdue() == {TP: 10}
+    keep, seeks, _ = g.admit([ev(10), ev(11)])
+    assert offsets(keep) == [10, 11] and seeks == {}
+    clock.t = 30.0
+    assert g.overdue() == {}, "answered: nothing pending"
