@@ -208,13 +208,14 @@ def eval_(data: Path = typer.Option(None, "--data", help="MovieLens ratings.csv 
 
     from models.evaluation import evaluate
 
-    if (data is None) == (not synthetic):
-        raise typer.BadParameter("give exactly one of --data or --synthetic")
     if data is not None and not data.exists():
         raise typer.BadParameter(f"{data} does not exist (see README 'Evaluation' for fetching MovieLens)")
-    report = evaluate(data, synthetic=synthetic, fmt=fmt, k=k, threshold=threshold, limit=limit, seed=seed,
-                      synthetic_events=synthetic_events, synthetic_users=synthetic_users, dim=dim,
-                      include_model=not no_model, progress=not quiet)
+    try:  # evaluate() owns the argument checks (exactly one source, k > 0): shown as usage errors here
+        report = evaluate(data, synthetic=synthetic, fmt=fmt, k=k, threshold=threshold, limit=limit, seed=seed,
+                          synthetic_events=synthetic_events, synthetic_users=synthetic_users, dim=dim,
+                          include_model=not no_model, progress=not quiet)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     typer.echo(report.to_markdown())
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
