@@ -89,11 +89,61 @@ def test_corrupt_bytes_raise_state_error(raw: bytes) -> None:
 
 
 def test_inconsistent_shapes_raise_state_error(unit_rows) -> None:
-    d = orjson.loads(learned(unit_rows, 5).to_bytes())
+    d = learned(unit_rows, 5).to_dict()  # format 1 (JSON)
     for key, value in (("m", d["m"] + 1), ("d", DIM + 1), ("i", "AAAA"), ("i", "!!not base64!!")):
         broken = dict(d, **{key: value})
         with pytest.raises(StateError):
             UserState.from_bytes(orjson.dumps(broken))
+
+
+def test_json_format_1_still_decodes_to_the_same_state(unit_rows) -> None:
+    """Changelogs written before the binary format hold JSON states: they restore bit for bit."""
+    st = learned(unit_rows)
+    old = orjson.dumps(st.to_dict())
+    assert old[:1] == b"{" and st.to_bytes()[:4] == b"\x00US\x02"
+    back = UserState.from_bytes(old)
+    assert_identical(st, back)
+    assert back.recent == st.recent and back.to_bytes() == st.to_bytes()
+
+
+def test_binary_format_is_smaller_and_packs_hex_event_ids(unit_rows) -> None:
+    import uuid
+
+    st = learned(unit_rows, 40)
+    ids = tuple(uuid.UUID(int=j).hex for j in range(len(st.event_ids)))
+    hexed = st.evolve(event_ids=ids)
+    assert len(hexed.to_bytes()) < 0.75 * len(orjson.dumps(hexed.to_dict()))
+    assert len(hexed.to_bytes()) < len(st.to_bytes()) + 16 * len(ids)  # 16 bytes per id, not 32+
+    for s in (st, hexed, st.evolve(event_ids=ids[:-1] + ("ABCDEF" * 5 + "ab",)), st.evolve(event_ids=())):
+        assert_identical(s, UserState.from_bytes(s.to_bytes()))
+
+
+@pytest.mark.parametrize("mutate", ["coding", "count", "listed", "ids", "trailing", "short"])
+def test_corrupt_binary_states_raise_state_error(unit_rows, mutate: str) -> None:
+    import struct
+    import uuid
+
+    st = learned(unit_rows, 6)
+    if mutate in ("listed", "count"):
+        st = st.evolve(event_ids=tuple(uuid.UUID(int=j).hex for j in range(len(st.event_ids))))
+    raw = bytearray(st.to_bytes())
+    head = struct.Struct("<IHqqqIB")
+    fields = list(head.unpack_from(raw, 4))
+    if mutate == "coding":
+        fields[6] = 7
+    elif mutate == "count":
+        fields[5] += 1_000  # more packed ids than bytes
+    head.pack_into(raw, 4, *fields)
+    if mutate == "listed":  # packed ids and a listed one
+        raw = raw[:raw.rindex(b"[]")] + b'["x"]]'
+    elif mutate == "ids":
+        raw = raw[:raw.index(b"[", 4 + head.size)] + b'["u", [1], [], [], []]'
+    elif mutate == "trailing":
+        raw += b"x"
+    elif mutate == "short":
+        raw = raw[: 4 + head.size + 10]
+    with pytest.raises(StateError):
+        UserState.from_bytes(bytes(raw))
 
 
 def test_truncated_bytes_raise_state_error(unit_rows) -> None:
@@ -125,7 +175,7 @@ def test_stored_non_finite_or_zero_interest_raises_state_error(unit_rows) -> Non
     for row in (np.r_[np.nan, first[1:]], np.r_[-np.inf, first[1:]], np.zeros(DIM)):
         interests = st.interests.copy()
         interests[0] = row
-        d = orjson.loads(st.to_bytes())
+        d = st.to_dict()
         d["i"] = base64.b64encode(interests.astype("<f4").tobytes()).decode()
         with pytest.raises(StateError):
             UserState.from_bytes(orjson.dumps(d))
