@@ -242,12 +242,22 @@ class ItemEmbeddings:
         return loss
 
     def _members_array(self) -> np.ndarray:
-        """``_members`` as an array (cached; members are only ever appended, or replaced on restore)."""
-        arr = getattr(self, "_marr", None)
+        """``_members`` as an array view. Members are only ever appended (or the list is replaced on
+        restore), so the array grows in place with amortised doubling: O(new members) per call, not
+        O(all members) (the full conversion was 11 % of a worker's model time while the catalog grew)."""
         m = len(self._members)
-        if arr is None or arr.shape[0] != m or (m and arr[-1] != self._members[-1]):
-            arr = self._marr = np.asarray(self._members, dtype=np.int64)
-        return arr
+        buf, n = getattr(self, "_mbuf", None), getattr(self, "_mn", 0)
+        if buf is None or getattr(self, "_mlist", None) is not self._members or n > m:
+            buf, n, self._mlist = np.asarray(self._members, dtype=np.int64), m, self._members
+        elif n < m:
+            if buf.shape[0] < m:
+                grown = np.empty(max(2 * buf.shape[0], m, 1024), dtype=np.int64)
+                grown[:n] = buf[:n]
+                buf = grown
+            buf[n:m] = self._members[n:m]
+            n = m
+        self._mbuf, self._mn = buf, n
+        return buf[:m]
 
     def _sample(self, n: int, avoid: int) -> list[int]:
         m = len(self._members)

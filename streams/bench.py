@@ -1290,6 +1290,81 @@ def run_scale(images: tuple[int, ...] = (10_000, 100_000, 1_000_000), users: tup
     return result
 
 
+def worker_memory(images: int = 1_000_000, users: int = 1_000_000, dim: int = 128, learn_events: int = 40_000,
+                  batch: int = 200, log: Callable[[str], None] | None = None, out: str | None = None) -> dict:
+    """RSS of the worker's own data structures at ``images`` + ``users``, in one process with the worker's
+    imports (Faust, aiokafka, torch, FAISS, the app module):
+
+    1. ``build_core`` exactly as the worker (``RECO_INDEX_KIND=hnsw``), images applied through
+       ``RecommenderCore.apply_images`` in chunks (HNSW index + the catalog mirror + registry);
+    2. ``learn_events`` events of up to 20k returning users learned in the worker's batch pattern (learn
+       each, one ``recommend`` per batch), so the shared signals (co-visitation, popularity, item embeddings, the torch scorer and its replay
+       ring, the served-candidate memories) exist and are sized for the catalog;
+    3. ``users`` user states as the Faust table holds them (``bytes`` key -> ``UserState.to_bytes()``, a
+       typical user of ~30 events), in a dict like Faust's in-memory store.
+
+    Not included: Faust's own runtime buffers (a running worker with 100k images and 10k users measured
+    ~1.1 GB RSS in the full benchmark, which this also covers for the parts it shares)."""
+    import gc
+    import resource
+
+    import faiss
+    import torch
+
+    from . import app as _app  # noqa: F401  (the worker's imports: Faust, aiokafka, ...)
+    from .app import build_core
+    from .settings import Settings
+
+    log = log or (lambda m: print(m, flush=True))
+    faiss.omp_set_num_threads(1)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    gc.collect()
+    steps: dict[str, float] = {"imports_gib": _rss() / 2**30}
+    log(f"  worker imports: RSS {steps['imports_gib']:.2f} GiB")
+    core = build_core(Settings(dim=dim, encoder="none", index_kind="hnsw"))
+    t0 = time.perf_counter()
+    for ids, mat, created in catalog_chunks(images, dim, 1024, 5, chunk=25_000):
+        core.apply_images(list(zip(ids, mat, created, strict=True)))
+    gc.collect()
+    steps["images_gib"] = _rss() / 2**30
+    log(f"  + {images:,} images via apply_images ({time.perf_counter() - t0:.0f} s): RSS {steps['images_gib']:.2f} GiB")
+    # Learning phase on a working set of returning users (at most 20k), so the scorer trains (its torch
+    # module, Adam state and replay ring exist) and the served-candidate memories fill as in a live worker.
+    cfg = BenchConfig(images=images, dim=dim, users=min(users, 20_000))
+    src = EventSource(cfg, seed_offset=11)
+    states: dict = {}
+    now = int(time.time() * 1000)
+    t0 = time.perf_counter()
+    for _ in range(max(1, learn_events // batch)):
+        evs = [orjson.loads(src.next(now)[1]) for _ in range(batch)]
+        for e in evs:
+            u = e["user_id"]
+            states[u], _ = core.learn(states.get(u) or core.new_state(u), image_id=e["image_id"],
+                                      action=e["action"], ts=e["ts"], event_id=e["event_id"])
+        core.recommend([states[u] for u in dict.fromkeys(e["user_id"] for e in evs)])
+    gc.collect()
+    steps["learned_gib"] = _rss() / 2**30
+    log(f"  + {learn_events:,} events learned ({time.perf_counter() - t0:.0f} s, {core.scorer.steps} scorer steps, "
+        f"{len(core.embeddings._e) if hasattr(core.embeddings, '_e') else '?'} embedding rows): "
+        f"RSS {steps['learned_gib']:.2f} GiB")
+    template = _typical_states(dim)["typical"]
+    table: dict[bytes, bytes] = {}
+    for j in range(users):
+        uid = f"user-{j:06d}".encode() if j < 10**6 else f"user-{j}".encode()
+        table[uid] = template.replace(b"user-000000", uid, 1)
+    gc.collect()
+    steps["users_gib"] = _rss() / 2**30
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    log(f"  + {users:,} user states ({len(template):,} B each, format 2): RSS {steps['users_gib']:.2f} GiB "
+        f"(peak {peak:.2f} GiB)")
+    res = {"images": images, "users": users, "dim": dim, "learn_events": learn_events, "state_bytes": len(template),
+           **steps, "peak_gib": peak, "load_avg": os.getloadavg()}
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=2))
+    return res
+
+
 def plot_scale(result: dict, png: str) -> None:
     import matplotlib
 
@@ -1381,7 +1456,17 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--hnsw-budget-s", type=float, default=900.0)
     sc.add_argument("--png", default=str(ROOT / "docs" / "img" / "scale.png"))
     sc.add_argument("--out", default=None)
+    me = sub.add_parser("memory", help="RSS of the worker's data structures at N images + M users (one process, "
+                                       "the worker's imports, core built as the worker builds it)")
+    me.add_argument("--images", type=int, default=1_000_000)
+    me.add_argument("--users", type=int, default=1_000_000)
+    me.add_argument("--dim", type=int, default=128)
+    me.add_argument("--learn-events", type=int, default=40_000)
+    me.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    if a.cmd == "memory":
+        worker_memory(a.images, a.users, a.dim, a.learn_events, out=a.out)
+        return 0
     if a.cmd == "model":
         res = model_batch_bench(BenchConfig(images=a.images, dim=a.dim, users=a.users, index_kind=a.index_kind),
                                 batch=a.batch, warm_batches=a.warm_batches, batches=a.batches)

@@ -217,3 +217,17 @@ def test_scorer_does_not_mutate_inputs():
     s.observe(g)
     s.score(g)
     assert np.array_equal(g, g0)
+
+
+def test_item_embeddings_member_array_tracks_appends_and_restores() -> None:
+    """The negative-sampling array grows in place; it must always equal the member list (also after a
+    restore replaces the list), or sampling would draw stale or missing images."""
+    emb = ItemEmbeddings(dim=8, seed=1)
+    for j in range(3000):  # crosses several capacity doublings
+        emb.learn([f"i{j - 1}", f"i{j - 2}"] if j > 1 else [], f"i{j}")
+        if j % 499 == 0:
+            assert emb._members_array().tolist() == emb._members
+    back = ItemEmbeddings.from_bytes(emb.to_bytes())
+    assert back._members_array().tolist() == back._members == emb._members
+    emb._members = emb._members[:10]  # replaced list (as a restore does): rebuilt, not reused
+    assert emb._members_array().tolist() == emb._members
