@@ -16,7 +16,8 @@ Two encodings; :meth:`UserState.from_bytes` reads both, :meth:`UserState.to_byte
                                                   ids, event-id coding (0: JSON list, 1: packed 32-hex ids)
       float32 interests (m*dim), weights (m), negative (dim), little-endian, raw
       event ids: n*16 bytes (coding 1) or nothing (coding 0)
-      orjson: [user_id, seen, hidden, recent, event ids (coding 0) or []]
+      orjson: [user_id, seen, hidden, recent, event ids (coding 0) or []]; hidden and recent are given as
+      positions in seen when all their ids are in it (the usual case: every interaction enters seen)
 
   Event ids that are all 32 lowercase hex digits (``uuid4().hex``, what the producers send) are packed
   to 16 bytes each. (A shared string table for seen/hidden/recent saved another ~8 % but made encoding
@@ -56,6 +57,18 @@ def _float32(value: object, name: str, user_id: str) -> np.ndarray:
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"user state {user_id!r}: {name} is not an array of numbers: {exc}",
                            reason="bad_state") from None
+
+
+def _from_seen(items: list, seen: list[str]) -> list[str]:
+    """``hidden``/``recent`` of format 2: ids, or (when all of them are in ``seen``) positions in ``seen``."""
+    if items and not isinstance(items[0], str):
+        n = len(seen)
+        if not all(type(i) is int and 0 <= i < n for i in items):
+            raise StateError("binary user state: bad position in seen")
+        return [seen[i] for i in items]
+    if not all(isinstance(x, str) for x in items):
+        raise StateError("binary user state: malformed id list")
+    return items
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,17 @@ class UserState:
         joined = "".join(ev)
         packed = len(joined) == 32 * len(ev) and _HEX32.fullmatch(joined) is not None
         m = int(self.interests.shape[0])
+        seen, hidden, recent = self.seen, self.hidden, self.recent
+        if seen and (hidden or recent):
+            pos = {x: i for i, x in enumerate(seen)}
+            get = pos.get
+            for name, seq in (("hidden", hidden), ("recent", recent)):
+                ix = [get(x) for x in seq]
+                if None not in ix:  # all in seen (the usual case): positions in seen, not the ids again
+                    if name == "hidden":
+                        hidden = ix
+                    else:
+                        recent = ix
         return b"".join((
             _MAGIC,
             _HEAD.pack(self.dim, m, self.last_offset, self.version, self.updated_ts, len(ev), 1 if packed else 0),
@@ -158,7 +182,7 @@ class UserState:
             np.ascontiguousarray(self.weights, dtype="<f4").tobytes(),
             np.ascontiguousarray(self.negative, dtype="<f4").tobytes(),
             bytes.fromhex(joined) if packed else b"",
-            orjson.dumps((self.user_id, self.seen, self.hidden, self.recent, () if packed else ev)),
+            orjson.dumps((self.user_id, seen, hidden, recent, () if packed else ev)),
         ))
 
     @classmethod
@@ -187,9 +211,11 @@ class UserState:
         hexes = raw[pos + n - 16 * ne:pos + n].hex() if packed else ""
         strings = orjson.loads(raw[pos + n:])
         if not (isinstance(strings, list) and len(strings) == 5 and isinstance(strings[0], str)
-                and all(isinstance(x, list) and all(isinstance(y, str) for y in x) for x in strings[1:])):
+                and all(isinstance(x, list) for x in strings[1:])
+                and all(isinstance(y, str) for j in (1, 4) for y in strings[j])):
             raise StateError("binary user state: malformed id section")
         user_id, seen, hidden, recent, events = strings
+        hidden, recent = _from_seen(hidden, seen), _from_seen(recent, seen)
         if packed:
             if events:
                 raise StateError("binary user state: event ids both packed and listed")

@@ -114,11 +114,14 @@ def test_binary_format_is_smaller_and_packs_hex_event_ids(unit_rows) -> None:
     hexed = st.evolve(event_ids=ids)
     assert len(hexed.to_bytes()) < 0.75 * len(orjson.dumps(hexed.to_dict()))
     assert len(hexed.to_bytes()) < len(st.to_bytes()) + 16 * len(ids)  # 16 bytes per id, not 32+
-    for s in (st, hexed, st.evolve(event_ids=ids[:-1] + ("ABCDEF" * 5 + "ab",)), st.evolve(event_ids=())):
-        assert_identical(s, UserState.from_bytes(s.to_bytes()))
+    for s in (st, hexed, st.evolve(event_ids=ids[:-1] + ("ABCDEF" * 5 + "ab",)), st.evolve(event_ids=()),
+              st.evolve(recent=st.recent + ("not-in-seen",)), st.evolve(hidden=("x", "y")), st.evolve(seen=())):
+        back = UserState.from_bytes(s.to_bytes())
+        assert_identical(s, back)
+        assert back.recent == s.recent
 
 
-@pytest.mark.parametrize("mutate", ["coding", "count", "listed", "ids", "trailing", "short"])
+@pytest.mark.parametrize("mutate", ["coding", "count", "listed", "ids", "trailing", "short", "position"])
 def test_corrupt_binary_states_raise_state_error(unit_rows, mutate: str) -> None:
     import struct
     import uuid
@@ -134,10 +137,16 @@ def test_corrupt_binary_states_raise_state_error(unit_rows, mutate: str) -> None
     elif mutate == "count":
         fields[5] += 1_000  # more packed ids than bytes
     head.pack_into(raw, 4, *fields)
+    dim, m, ne, packed = fields[0], fields[1], fields[5], fields[6] == 1
+    start = 4 + head.size + 4 * (m * dim + m + dim) + (16 * ne if packed else 0)  # the orjson id section
     if mutate == "listed":  # packed ids and a listed one
         raw = raw[:raw.rindex(b"[]")] + b'["x"]]'
     elif mutate == "ids":
-        raw = raw[:raw.index(b"[", 4 + head.size)] + b'["u", [1], [], [], []]'
+        raw = raw[:start] + b'["u", [1], [], [], []]'
+    elif mutate == "position":  # hidden/recent as a position past the end of seen
+        doc = orjson.loads(bytes(raw[start:]))
+        doc[3] = [len(doc[1])]
+        raw = raw[:start] + orjson.dumps(doc)
     elif mutate == "trailing":
         raw += b"x"
     elif mutate == "short":
