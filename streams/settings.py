@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------ processing
     batch_max: int = Field(500, ge=1, description="Behaviour events per batch (count): one FAISS search and one Redis pipeline each.")
     batch_within_s: float = Field(0.05, gt=0, description="Max wait to fill a batch (seconds); bounds added latency.")
-    batch_slice_s: float = Field(0.1, gt=0, description="Within a batch, results are published in slices of whole users taking about this long to compute (seconds), so early events do not wait for the whole batch; the batch is still acked as a whole.")
+    batch_slice_s: float = Field(0.03, gt=0, description="Within a batch, results are published in slices of whole users taking about this long to compute (seconds), so early events do not wait for the whole batch; the batch is still acked as a whole. 0.03 s measured p99 207 ms vs 448 ms (0.1 s) at 50 % load.")
     commit_interval_s: float = Field(0.5, gt=0, description="Offset commit interval (seconds); smaller = less redelivery after a crash.")
     image_batch_max: int = Field(256, ge=1, description="Image events per catalog batch (count): one encoder call, one index add.")
     max_event_bytes: int = Field(64 * 1024, ge=256, description="Larger behaviour payloads go to dead letters (bytes).")
