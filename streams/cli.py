@@ -195,7 +195,10 @@ def eval_(data: Path = typer.Option(None, "--data", help="MovieLens ratings.csv 
           seed: int = typer.Option(0, help="Seed of the model (and of the generated stream)."),
           synthetic_events: int = typer.Option(30_000, help="Events of the generated stream."),
           synthetic_users: int = typer.Option(500, help="Users of the generated stream."),
-          dim: int = typer.Option(None, help="Embedding dim (default: 64 generated, 32 MovieLens)."),
+          dim: int = typer.Option(None, help="Embedding dim (default: 64 generated, 32 MovieLens with hash vectors)."),
+          item_vectors: str = typer.Option("auto", help="MovieLens content vectors: meta (text encoder over u.item / "
+                                           "movies.csv beside the ratings, 384-d), hash (random per id), auto = "
+                                           "meta when that file exists."),
           no_model: bool = typer.Option(False, "--no-model", help="Baselines only."),
           plot: Path = typer.Option(None, help="Write the recall-over-time PNG here."),
           json_out: Path = typer.Option(None, "--json", help="Write the report as JSON here."),
@@ -213,7 +216,7 @@ def eval_(data: Path = typer.Option(None, "--data", help="MovieLens ratings.csv 
     try:  # evaluate() owns the argument checks (exactly one source, k > 0): shown as usage errors here
         report = evaluate(data, synthetic=synthetic, fmt=fmt, k=k, threshold=threshold, limit=limit, seed=seed,
                           synthetic_events=synthetic_events, synthetic_users=synthetic_users, dim=dim,
-                          include_model=not no_model, progress=not quiet)
+                          item_vectors=item_vectors, include_model=not no_model, progress=not quiet)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(report.to_markdown())

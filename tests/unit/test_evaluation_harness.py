@@ -114,3 +114,88 @@ def test_cli_help():
     r = subprocess.run([sys.executable, "-m", "models.evaluation", "--help"], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "--plot" in r.stdout and "--k" in r.stdout
+
+
+UITEM = ("1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+         "2|GoldenEye (1995)|01-Jan-1995||http://x|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0\n"
+         "3|Caf\xe9 (1996)|01-Jan-1996||http://x|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n")
+MOVIES = 'movieId,title,genres\n1,"Toy Story (1995)",Adventure|Animation\n3,"Heat, The (1995)",(no genres listed)\n'
+
+
+def test_item_metadata_is_read_from_the_file_beside_the_ratings(tmp_path):
+    from models.evaluation import load_item_text
+
+    (tmp_path / "u.data").write_text(UDATA)
+    assert load_movielens(tmp_path / "u.data").item_text is None  # no u.item: no metadata
+    (tmp_path / "u.item").write_bytes(UITEM.encode("latin-1"))
+    t = load_movielens(tmp_path / "u.data").item_text
+    assert t == {"m1": "Toy Story (1995). Genres: Animation, Children's, Comedy.",
+                 "m2": "GoldenEye (1995). Genres: Action, Adventure, Thriller.", "m3": "Caf\xe9 (1996)."}
+    (tmp_path / "ratings.csv").write_text(CSV)
+    assert load_item_text(tmp_path / "ratings.csv") is None  # u.item belongs to u.data, not ratings.csv
+    (tmp_path / "movies.csv").write_text(MOVIES)
+    assert load_item_text(tmp_path / "ratings.csv") == {
+        "m1": "Toy Story (1995). Genres: Adventure, Animation.", "m3": "Heat, The (1995)."}
+
+
+class _FakeEncoder:
+    """Stands in for the MiniLM text encoder: a deterministic unit vector per text."""
+
+    dim = 8
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode_texts(self, texts):
+        import numpy as np
+
+        self.calls += 1
+        out = np.array([[float(len(t) % 7 + 1), float(sum(map(ord, t)) % 11)] + [1.0] * 6 for t in texts],
+                       dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_meta_item_vectors_embed_descriptions_once_and_fall_back_to_hash():
+    import numpy as np
+
+    from models.evaluation import ItemVectors
+
+    enc = _FakeEncoder()
+    texts = {"m1": "Toy Story (1995). Genres: Animation.", "m2": "Heat (1995). Genres: Crime."}
+    iv = ItemVectors(8, "meta", texts=texts, encoder=enc)
+    assert enc.calls == 1  # all descriptions embedded up front, in one call
+    np.testing.assert_allclose(iv.vector("m1"), enc.encode_texts([texts["m1"]])[0], rtol=1e-6)
+    v = iv.vector("m1")
+    v[0] = 99.0  # callers get copies
+    assert iv.vector("m1")[0] != 99.0
+    np.testing.assert_array_equal(iv.vector("m9"), ItemVectors(8, "hash").vector("m9"))  # no description
+    assert abs(float(np.linalg.norm(iv.vector("m9"))) - 1.0) < 1e-5
+    with pytest.raises(ValueError):
+        ItemVectors(8, "meta", texts={}, encoder=enc)  # no metadata
+    with pytest.raises(ValueError):
+        ItemVectors(16, "meta", texts=texts, encoder=enc)  # encoder dim != model dim
+    with pytest.raises(ValueError):
+        ItemVectors(8, "words")
+
+
+def test_auto_item_vectors_use_metadata_when_present(tmp_path):
+    """With u.item beside u.data the model runs on 384-d text vectors (the real encoder), else on hash vectors."""
+    import numpy as np
+
+    from models.core import RecommenderCore
+    from models.encoders import TextEncoder
+    from models.evaluation import ItemVectors
+
+    udata = "1\t1\t5\t10\n2\t1\t4\t11\n2\t2\t5\t12\n1\t2\t4\t13\n3\t7\t5\t14\n"
+    (tmp_path / "u.data").write_text(udata)
+    plain = run_prequential(load_movielens(tmp_path / "u.data"), k=3, baselines=[])
+    (tmp_path / "u.item").write_bytes(UITEM.encode("latin-1"))
+    stream = load_movielens(tmp_path / "u.data")
+    core = RecommenderCore(dim=384, k=3)
+    rep = run_prequential(stream, k=3, baselines=[], core=core)
+    assert rep.results["model"].tests == plain.results["model"].tests == 5
+    text = TextEncoder().encode_texts([stream.item_text["m1"]])[0]
+    np.testing.assert_allclose(core.index.vectors(["m1"])["m1"], text, atol=1e-5)  # the description's vector
+    np.testing.assert_allclose(core.index.vectors(["m7"])["m7"], ItemVectors(384, "hash").vector("m7"), atol=1e-6)
+    with pytest.raises(ValueError):  # a 32-d model cannot take 384-d text vectors
+        run_prequential(stream, k=3, baselines=[], item_vectors="meta", core=RecommenderCore(dim=32, k=3))
