@@ -19,9 +19,12 @@ for name in ml-100k ml-latest-small; do
   rm -rf "$tmp"
   echo "fetched $dest/$name"
 done
-# The README's figures were measured on exactly these files (ml-latest-small is re-released from time to
+# The README's figures were measured on exactly these files (the ratings, and the metadata the evaluation
+# turns into content vectors) (ml-latest-small is re-released from time to
 # time; a different version gives different figures).
 sha256sum -c - <<SUMS
 06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490  $dest/ml-100k/u.data
 6d258d2a03ffd179ade1a5ce725b21cf7a35538f65de1940a311f1dc43ee468e  $dest/ml-latest-small/ratings.csv
+553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701  $dest/ml-100k/u.item
+c47b783f23eb304413307e1bb05335e427737da20ec8d3c0e96335567dd5f3dc  $dest/ml-latest-small/movies.csv
 SUMS
