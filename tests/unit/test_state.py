@@ -115,7 +115,8 @@ def test_binary_format_is_smaller_and_packs_hex_event_ids(unit_rows) -> None:
     assert len(hexed.to_bytes()) < 0.75 * len(orjson.dumps(hexed.to_dict()))
     assert len(hexed.to_bytes()) < len(st.to_bytes()) + 16 * len(ids)  # 16 bytes per id, not 32+
     for s in (st, hexed, st.evolve(event_ids=ids[:-1] + ("ABCDEF" * 5 + "ab",)), st.evolve(event_ids=()),
-              st.evolve(recent=st.recent + ("not-in-seen",)), st.evolve(hidden=("x", "y")), st.evolve(seen=())):
+              st.evolve(recent=st.recent + ("not-in-seen",)), st.evolve(hidden=("x", "y")), st.evolve(seen=()),
+              st.evolve(event_ids=("a" * 16, "b" * 48)), st.evolve(event_ids=("c" * 31, "d" * 33))):
         back = UserState.from_bytes(s.to_bytes())
         assert_identical(s, back)
         assert back.recent == s.recent
