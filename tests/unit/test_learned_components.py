@@ -231,3 +231,28 @@ def test_item_embeddings_member_array_tracks_appends_and_restores() -> None:
     assert back._members_array().tolist() == back._members == emb._members
     emb._members = emb._members[:10]  # replaced list (as a restore does): rebuilt, not reused
     assert emb._members_array().tolist() == emb._members
+
+
+def test_item_embeddings_top_n_uses_an_up_to_date_transposed_copy() -> None:
+    """top_idx_batch keeps a transposed copy of the members' rows between calls; after SGD steps, new
+    members, forget and a restore it must give exactly what a fresh computation gives."""
+    rng = np.random.default_rng(0)
+
+    def fresh(emb: ItemEmbeddings, uv: np.ndarray, n: int) -> list[list[int]]:
+        members = np.asarray(emb._members, dtype=np.int64)
+        s = uv @ emb._e[members].T
+        names = emb.registry.names
+        return [sorted(members.tolist(), key=lambda j: (-float(row[list(members).index(j)]), names[j]))[:n]
+                for row in s]
+
+    emb = ItemEmbeddings(dim=8, seed=3)
+    for step in range(6):
+        for j in range(40 * step, 40 * step + 60):
+            emb.learn([f"i{(j * 7) % 97}", f"i{(j * 3) % 89}"], f"i{j % 150}")
+        if step == 3:
+            emb.forget("i5")
+        if step == 4:
+            emb = ItemEmbeddings.from_bytes(emb.to_bytes())
+        uv = rng.normal(size=(5, 8)).astype(np.float32)
+        got = emb.top_idx_batch(uv, 10, [np.zeros(0, dtype=np.int64)] * 5)
+        assert [g.tolist() for g in got] == fresh(emb, uv, 10), f"step {step}"
