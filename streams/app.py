@@ -621,21 +621,6 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
         except Exception as exc:
             _fatal(exc)
 
-    @app.task
-    async def preload_torch():
-        """Import torch off the event loop at start: the online scorer imports it lazily on its first
-        training step, which otherwise stalls the first batches that train it for a second or two (9 % of
-        the worker's samples in a 20 s benchmark drain). Importing is idempotent and thread-safe; no model
-        state is touched, so results are the same with or without this."""
-        def load() -> None:
-            import torch  # noqa: F401
-            import torch.optim  # noqa: F401
-
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, load)
-        except Exception as exc:  # the first training step would raise the same error and report it
-            log.warning("could not preload torch: %s", exc)
-
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
         log.info("partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
