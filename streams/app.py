@@ -5,7 +5,9 @@ Commit protocol (at-least-once end to end; each step's invariant is asserted or 
 1. ``take_events`` buffers up to ``batch_max`` behaviour records (or ``batch_within_s``) **without acking**.
    Each partition is applied strictly in offset order with no holes (enforced by :class:`OffsetGuard`:
    Faust can drop the record at the committed offset after a rebalance; the guard seeks back to it), which
-   is what makes the per-user ``last_offset`` dedup of step 3 exact.
+   is what makes the per-user ``last_offset`` dedup of step 3 exact. Records the guard holds back are
+   marked so that their ack does not count towards the commit (:func:`streams.faust_fixes.hold_back`): the
+   commit stops at the hole until the re-fetched copies are applied.
 2. Each record is parsed; an invalid one is produced to ``dead-letters`` (original bytes + topic/partition/
    offset + error) and counted; it never stops the batch.
 3. Per user, in offset order: load state from the table, skip events already applied
@@ -56,7 +58,7 @@ from models.encoders import TextEncoder
 from models.index import make_index
 from models.errors import InvalidInput
 
-from . import metrics
+from . import faust_fixes, metrics
 from .catalog import IndexReplica
 from .errors import InvalidEvent, invalid
 from .kafka import faust_credentials
@@ -113,6 +115,13 @@ class OffsetGuard:
         for tp in starts:
             self.pending.pop(tp, None)
 
+    def start(self, starts: dict[Any, int]) -> None:
+        """:meth:`reset` for partitions that no batch of this generation has started yet: the assignment
+        callback reads the committed offsets with an ``await``, and a batch may arrive (and start the
+        partition from the same offsets) meanwhile; resetting it again would rewind the guard past records
+        already applied, and hold back everything after them."""
+        self.reset({tp: off for tp, off in starts.items() if tp not in self.next})
+
     def forget(self, tps) -> None:
         for tp in list(tps):
             self.next.pop(tp, None)
@@ -148,6 +157,8 @@ class OffsetGuard:
                     if sought is None or sought[0] != nxt or now - sought[1] > self.reseek_s:
                         seeks[tp] = nxt
                         self.pending[tp] = (nxt, now)
+                    for held in evs[evs.index(ev):]:  # not applied: their acks must not advance the commit
+                        faust_fixes.hold_back(held.message)
                     break
             if nxt is not None:
                 self.next[tp] = nxt
@@ -303,7 +314,7 @@ class Pipeline:
     async def _in_order(self, events: list[faust.EventT]) -> list[faust.EventT]:
         unknown = sorted({ev.message.tp for ev in events if ev.message.tp not in self.guard.next})
         if unknown:
-            self.guard.reset(await self._lag_monitor().start_offsets(self.s.app_id, unknown))
+            self.guard.start(await self._lag_monitor().start_offsets(self.s.app_id, unknown))
         keep, seeks, dropped = self.guard.admit(events)
         if dropped:
             metrics.DUPLICATES.inc(dropped)
@@ -335,7 +346,7 @@ class Pipeline:
         mine = [tp for tp in assigned if tp.topic == self.s.topic_behavior]
         self.guard.forget(list(self.guard.next))
         if mine:
-            self.guard.reset(await self._lag_monitor().start_offsets(self.s.app_id, mine))
+            self.guard.start(await self._lag_monitor().start_offsets(self.s.app_id, mine))
 
     async def _process_behavior_batch(self, events: list[faust.EventT]) -> None:
         s = self.s
@@ -584,8 +595,6 @@ def _fatal(exc: BaseException) -> None:
 def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     s = s or Settings()
     import faiss
-
-    from . import faust_fixes
 
     faust_fixes.apply()
 

@@ -1,4 +1,5 @@
-"""Fixes for three faust-streaming 0.15.x consumer bugs that break at-least-once delivery.
+"""Fixes for three faust-streaming 0.15.x consumer bugs that break at-least-once delivery, and the hook
+that keeps records the offset guard held back out of the commit.
 
 1. **Off-by-one in the head-gap check** (``Consumer._new_offset``). ``_committed_offset[tp]`` holds the
    Kafka committed offset, i.e. the *next* offset to read, but the check that refuses to commit past an
@@ -19,7 +20,15 @@
    (seen as one lost event in the 1 → 3 → 1 scaling test). Fixed: an ack from an older generation releases
    the message but does not count towards the commit offset.
 
-Both are applied once by :func:`apply` (idempotent) before the app is created.
+4. **Records held back by the offset guard** (``streams.app.OffsetGuard``: records past a hole in a
+   partition are not applied; the guard seeks back to the hole) are still acked by ``take_events`` when
+   their batch returns. Counted as acked, they let the commit run past records nobody applied: seen in
+   ``tests/chaos/test_faults.py::test_kill9_repeatedly_mid_stream`` as a restarted worker committing up
+   to offset ~250 while it had applied 0..32, and the next restart losing 33..249. Fixed: the guard marks
+   them with :func:`hold_back`; their ack releases them without counting towards the commit (like 3),
+   so the commit stops at the hole until the re-fetched copies are applied and acked.
+
+All are applied once by :func:`apply` (idempotent) before the app is created.
 """
 
 from __future__ import annotations
@@ -30,6 +39,16 @@ _APPLIED = False
 #: Faust's own implementation, kept for the regression test that shows the bug.
 ORIGINAL_NEW_OFFSET = Consumer._new_offset
 ORIGINAL_ACK = Consumer.ack
+
+
+#: ``id()`` of delivered messages the offset guard did not apply (see 4). A message is in the set from the
+#: guard's decision until its ack (the batch holds a reference meanwhile, so the id cannot be reused).
+_HELD_BACK: set[int] = set()
+
+
+def hold_back(message) -> None:
+    """This delivered copy of a record was not applied: its ack must not advance the commit."""
+    _HELD_BACK.add(id(message))
 
 
 def is_stale(consumer: Consumer, message) -> bool:
@@ -74,7 +93,10 @@ def apply() -> None:
         return await original_assigned(self, assigned, generation_id)
 
     def ack(self, message) -> bool:
-        if is_stale(self, message):
+        held = id(message) in _HELD_BACK
+        if held:
+            _HELD_BACK.discard(id(message))
+        if held or is_stale(self, message):
             message.acked = True  # released: nothing waits for it, and it is not committed
             self._unacked_messages.discard(message)
             return False
