@@ -1,6 +1,6 @@
 """The recommendation core: pure Python/NumPy/FAISS/torch, usable and testable without Kafka."""
 
-from .core import MODEL_VERSION, PushMatch, RecommenderCore
+from .core import MODEL_VERSION, PushMatch, RecommenderCore, Shard, refresh_batches
 from .encoders import TextEncoder, TorchScriptImageEncoder, image_text
 from .errors import (
     ConfigError,
@@ -21,6 +21,6 @@ from .vectors import as_unit_matrix, as_unit_vector
 __all__ = [
     "ACTIONS", "MODEL_VERSION", "ConfigError", "DimensionMismatch", "ImageIndex", "InterestModel",
     "InvalidInput", "NonFiniteVector", "Popularity", "PushMatch", "Ranker", "RecItem", "RecommenderCore",
-    "RecommenderError", "StateError", "TextEncoder", "TorchScriptImageEncoder", "UserState", "ZeroVector",
-    "as_unit_matrix", "as_unit_vector", "image_text",
+    "RecommenderError", "Shard", "StateError", "TextEncoder", "TorchScriptImageEncoder", "UserState", "ZeroVector",
+    "as_unit_matrix", "as_unit_vector", "image_text", "refresh_batches",
 ]

@@ -20,6 +20,16 @@ Everything is deterministic given ``seed`` and the order of calls: the only rand
 generator owned by the core, and the only clock is event time (``ts``; ``now`` is the largest event or
 image time seen).
 
+**Shards and replayable mode.** Everything learned and shared across users (the list
+:data:`SHARD_FIELDS`) can be swapped as one :class:`Shard`: :meth:`new_shard` makes an empty one configured
+like the core was at construction, ``with core.use_shard(shard):`` makes it the one learned and read.
+A worker in replayable mode keeps one shard per input partition, learned in offset order. With
+``replayable=True`` nothing that ``recommend`` does changes what is learned (training groups are always
+the candidates computed from the state before the event, never the last list served, whose timing depends
+on batching), so a shard is a pure function of its partition's events in offset order, and results a pure
+function of (user state, shard, catalog). ``learn(..., shared=False)`` applies an event to the user state
+only, for events the shard has already learned (a shard rebuilt from the log ahead of the user table).
+
 >>> import numpy as np
 >>> core = RecommenderCore(dim=2, k=2)
 >>> core.apply_images([("a", np.array([1.0, 0.0]), 1), ("b", np.array([0.0, 1.0]), 2), ("c", np.array([0.8, 0.6]), 3)])
@@ -30,9 +40,11 @@ image time seen).
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -53,6 +65,24 @@ from .vectors import as_unit_vector
 MODEL_VERSION = "interest-mi3/covisit2/collab1/ranker-online2"
 
 
+#: The core's attributes learned from behaviour and shared across users: one :class:`Shard`.
+SHARD_FIELDS = (
+    "popularity", "popularity_long", "engagement_all", "engagement_pos", "covisit", "covisit_seq", "embeddings",
+    "scorer", "_rng", "_now", "_served", "_served_ids", "_skipped",
+)
+
+
+@dataclass
+class Shard:
+    """One set of shared learned state (see :data:`SHARD_FIELDS`), swapped in by :meth:`RecommenderCore.use_shard`.
+
+    ``watermark`` is for the caller: the highest input offset this shard has learned (-1: none)."""
+
+    fields: dict
+    watermark: int = -1
+    users: set = field(default_factory=set)
+
+
 @dataclass
 class PushMatch:
     user_id: str
@@ -60,8 +90,16 @@ class PushMatch:
     score: float
 
 
+def refresh_batches(states: list[UserState], size: int) -> list[list[UserState]]:
+    """The canonical batching of a full refresh: users sorted by id, ``size`` at a time. A worker and a
+    replay that rank in the same batches get bit-identical scores (batched BLAS/FAISS products can round
+    differently for different batch shapes)."""
+    ordered = sorted(states, key=lambda st: st.user_id)
+    return [ordered[i:i + size] for i in range(0, len(ordered), max(1, size))]
+
+
 class _LRU(OrderedDict):
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int = 0) -> None:  # the default lets copy/deepcopy rebuild it (cap is restored)
         super().__init__()
         self.cap = cap
 
@@ -96,6 +134,7 @@ class RecommenderCore:
         memory_users: int = 100_000,
         served_users: int = 2048,
         served_ids_users: int = 50_000,
+        replayable: bool = False,
     ) -> None:
         self.dim = dim
         self.k = k
@@ -138,6 +177,43 @@ class RecommenderCore:
         # user -> registry ids of the last candidate set scored (compact: ~1 KB a user), kept for longer
         self._served_ids: _LRU = _LRU(served_ids_users)
         self._skipped: _LRU = _LRU(memory_users)  # user -> ids of recent skips/hides
+        self.replayable = replayable
+        # An empty shard configured like this one, before anything is learned (the registry stays shared).
+        self._blank = self._copy_fields(self._current_fields())
+        self._active: Shard | None = None
+
+    # ------------------------------------------------------------------ shards
+    def _current_fields(self) -> dict:
+        return {name: getattr(self, name) for name in SHARD_FIELDS}
+
+    def _copy_fields(self, fields: dict) -> dict:
+        return copy.deepcopy(fields, memo={id(self.registry): self.registry})
+
+    def new_shard(self) -> Shard:
+        """An empty shard (nothing learned), configured like this core's components at construction."""
+        return Shard(self._copy_fields(self._blank))
+
+    @contextmanager
+    def use_shard(self, shard: Shard) -> Iterator[Shard]:
+        """Learn into and rank from ``shard`` inside the block; the core's own state is back afterwards."""
+        if self._active is not None:
+            raise RuntimeError("use_shard blocks do not nest")
+        own = self._current_fields()
+        self._set_fields(shard.fields)
+        self._active = shard
+        try:
+            yield shard
+        finally:
+            shard.fields = self._current_fields()  # ints (``_now``) were rebound, not mutated
+            self._set_fields(own)
+            self._active = None
+
+    def _set_fields(self, fields: dict) -> None:
+        for name in SHARD_FIELDS:
+            setattr(self, name, fields[name])
+        if self.popularity.registry is not self.registry:
+            self.popularity.attach(self.registry)
+        self.ranker.scorer = self.scorer
 
     # ------------------------------------------------------------------ catalog
     @property
@@ -222,8 +298,11 @@ class RecommenderCore:
         dwell_ms: int | None = None,
         offset: int | None = None,
         event_id: str | None = None,
+        shared: bool = True,
     ) -> tuple[UserState, bool]:
-        """Apply one behaviour event unless it was already applied; returns (state, applied)."""
+        """Apply one behaviour event unless it was already applied; returns (state, applied).
+
+        ``shared=False``: update the user's state only, not the shared signals (which already learned it)."""
         if self.interest.already_applied(state, offset=offset, event_id=event_id):
             return state, False
         strength = self.interest.strength(action, dwell_ms)  # validates the action first
@@ -234,6 +313,8 @@ class RecommenderCore:
             state, image_id=image_id, action=action, ts=ts, vector=vec,
             dwell_ms=dwell_ms, offset=offset, event_id=event_id,
         )  # validates the vector and the rest before any shared state changes
+        if not shared:
+            return new, True
         if vec is not None:
             if self.learn_ranker:
                 self._train(state, image_id, strength, ts)
@@ -269,14 +350,15 @@ class RecommenderCore:
         #    feature rows computed now from ``state`` (one vectorised pass, no candidate generation);
         # 3. else (nothing served to this user recently: replays, catch-up) the candidates the ranker would
         #    serve for ``state``, computed the same way as ``recommend``.
+        #    In replayable mode always 3: what was served depends on when results were computed (batching).
         skipped = sorted(set(self._skipped.pop(state.user_id, ())) - {image_id})  # since the last positive
-        cached = self._served.pop(state.user_id, None)
+        cached = None if self.replayable else self._served.pop(state.user_id, None)
         sig = None
         if cached is not None and cached.state.version == state.version and cached.state.updated_ts == state.updated_ts:
             feats, j, uq, cids = cached.features, cached.position(image_id), cached.query, cached.idx
         else:
             sig = self.signals(max(self._now, int(ts))).prepare(self.ranker.fresh_pool)
-            ids = self._served_ids.get(state.user_id)
+            ids = None if self.replayable else self._served_ids.get(state.user_id)
             iid = self.registry.get(image_id)
             if ids is not None:
                 ids = ids.astype(np.int64)
@@ -319,7 +401,7 @@ class RecommenderCore:
     def recommend(self, states: list[UserState], k: int | None = None) -> list[list[RecItem]]:
         k = k or self.k
         scored = self.ranker.score_batch(states, self.signals(), k)
-        if self.learn_ranker:
+        if self.learn_ranker and not self.replayable:
             for sc in scored:
                 self._served.put(sc.state.user_id, sc)
                 self._served_ids.put(sc.state.user_id, sc.idx.astype(np.int32))

@@ -17,6 +17,8 @@ Commit protocol (at-least-once end to end; each step's invariant is asserted or 
    Steps 3–6 run per *slice* of the batch: whole users, about ``batch_slice_s`` of processing time each
    (sized from the measured cost per event), so the first users of a large batch get their results
    without waiting for the rest; the batch is still acked as a whole (step 7), after its last slice.
+   In replayable mode (``RECO_REPLAYABLE``) steps 3-6 run per partition, in offset order, against the
+   partition's shard of shared signals, as numbered in :mod:`streams.shards`.
 4. One batched FAISS search ranks every touched user (including those whose events were duplicates, so a
    crash between step 3 and 5 is repaired on redelivery).
 5. One Redis pipeline writes all results (compare-and-set on version: never older over newer); connection
@@ -38,6 +40,7 @@ finish in time (e.g. Redis is down) makes the process exit non-zero *without* ac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -53,7 +56,7 @@ import orjson
 from faust.streams import _current_event  # the contextvar Table writes read their partition from
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from models import InterestModel, Popularity, Ranker, RecommenderCore, StateError, UserState
+from models import InterestModel, Popularity, Ranker, RecommenderCore, Shard, StateError, UserState, refresh_batches
 from models.encoders import TextEncoder
 from models.index import make_index
 from models.errors import InvalidInput
@@ -66,6 +69,7 @@ from .lag import LagMonitor
 from .redis_store import RecWrite, RedisRecStore
 from .schemas import BehaviorEvent, catalog_record, dead_letter, parse_behavior, parse_image, recommendation_event
 from .settings import Settings
+from .shards import rebuild_shard
 from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -89,7 +93,7 @@ def build_core(s: Settings) -> RecommenderCore:
         interest=InterestModel(dim=s.dim, max_interests=s.max_interests, seen_cap=s.seen_window,
                                half_life_ms=s.interest_half_life_h * 3600e3),
         ranker=Ranker(k=s.k), popularity=Popularity(half_life_ms=s.trending_half_life_h * 3600e3),
-        index=make_index(s.dim, s.index_kind),
+        index=make_index(s.dim, s.index_kind), replayable=s.replayable,
     )
     return core
 
@@ -222,6 +226,13 @@ class Pipeline:
         self.guard = OffsetGuard()
         self.trace_batches = bool(os.environ.get("RECO_DEBUG_BATCHES"))
         self.redis_marker = f"{s.redis_key_prefix}__worker__:{self.worker_id}"
+        # Replayable mode (streams/shards.py): one shard per owned behaviour partition, the monotonic time of
+        # each partition's last record, and the partitions whose results wait for a quiet refresh.
+        self.shards: dict[int, Shard] = {}
+        self._last_record: dict[int, float] = {}
+        self._stale: set[int] = set()
+        self._pending_dead: list[tuple[faust.EventT, Exception]] = []
+        self._shard_generation = 0  # +1 on every revocation
 
     # ------------------------------------------------------------------ helpers
     def load_state(self, user_id: str) -> UserState:
@@ -251,11 +262,17 @@ class Pipeline:
         metrics.EVENTS_PRODUCED.labels(self.s.topic_dead_letters).inc()
         log.warning("dead letter %s/%d@%d: %s (%s)", m.topic, m.partition, m.offset, reason, error)
 
-    async def publish(self, states: list[UserState], triggers: dict[str, dict]) -> list[RecWrite]:
-        """Steps 4–6: one batched ranking, one Redis pipeline, one output record per user."""
+    async def publish(self, states: list[UserState], triggers: dict[str, dict],
+                      shard: Shard | None = None) -> list[RecWrite]:
+        """Steps 4–6: one batched ranking (from ``shard`` in replayable mode), one Redis pipeline, one
+        output record per user."""
         if not states:
             return []
-        recs = self.core.recommend(states)
+        if shard is not None:
+            with self.core.use_shard(shard):  # ranked before any await: nothing else runs in the shard
+                recs = self.core.recommend(states)
+        else:
+            recs = self.core.recommend(states)
         now = int(time.time() * 1000)
         writes, outputs = [], []
         for st, items in zip(states, recs, strict=True):
@@ -372,6 +389,9 @@ class Pipeline:
                 err = invalid(exc, topic=m.topic, partition=m.partition, offset=m.offset)
                 await self.send_dead_letter(ev, err, err.reason)
         assigned = self.app.consumer.assignment()
+        if s.replayable:
+            await self._process_replayable(parsed, assigned)
+            return
         for users in self._slices(parsed):  # steps 3-6 per slice of whole users
             t0 = time.perf_counter()
             done = await self._process_users(users, parsed, assigned)
@@ -431,6 +451,114 @@ class Pipeline:
                 states.append(state)
         await self.publish(states, triggers)  # steps 4-6
         return events
+
+    # ------------------------------------------------------------------ replayable mode
+    async def _process_replayable(self, parsed: dict[str, list], assigned) -> None:
+        """Steps 3-6 in replayable mode (protocol in streams/shards.py): per partition, in offset order,
+        against the partition's shard; one publish per partition."""
+        by_tp: dict[Any, list] = defaultdict(list)
+        for items in parsed.values():
+            for item in items:
+                by_tp[item[1].message.tp].append(item)
+        for tp in sorted(by_tp, key=lambda t: t.partition):
+            if tp not in assigned:
+                continue  # revoked while this batch was parsing (see _owned)
+            shard = self.shards.get(tp.partition)
+            if shard is None:  # step 1
+                generation = self._shard_generation
+                shard = await rebuild_shard(self.core, self.s, tp, beat=self.watchdog.beat_batch)
+                metrics.SHARD_REBUILDS.inc()
+                if generation != self._shard_generation or tp not in self.app.consumer.assignment():
+                    continue  # revoked during the rebuild: the shard may be stale when the partition returns
+                self.shards[tp.partition] = shard
+            states: dict[str, UserState] = {}
+            last_applied: dict[str, faust.EventT] = {}
+            triggers: dict[str, dict] = {}
+            with self.core.use_shard(shard):  # step 2: no await inside
+                for b, ev in sorted(by_tp[tp], key=lambda x: x[1].message.offset):
+                    m = ev.message
+                    st = states.get(b.user_id) or self.load_state(b.user_id)
+                    shared = m.offset > shard.watermark
+                    assert not (shared and m.offset <= st.last_offset), (
+                        f"{tp.topic}/{tp.partition}@{m.offset} is in the user table but not in the shard")
+                    try:
+                        new, applied = self.core.learn(st, image_id=b.image_id, action=b.action, ts=b.ts,
+                                                       dwell_ms=b.dwell_ms, offset=m.offset, event_id=b.event_id,
+                                                       shared=shared)
+                    except InvalidInput as exc:
+                        err = invalid(exc, topic=m.topic, partition=m.partition, offset=m.offset)
+                        self._pending_dead.append((ev, err))
+                        continue
+                    finally:
+                        shard.watermark = max(shard.watermark, m.offset)
+                    states[b.user_id] = new
+                    shard.users.add(b.user_id)
+                    if applied:
+                        last_applied[b.user_id] = ev
+                    else:
+                        metrics.DUPLICATES.inc()
+                    triggers[b.user_id] = {"event_id": b.event_id or f"{m.topic}:{m.partition}:{m.offset}", "ts": b.ts}
+            for ev, err in self._pending_dead:
+                await self.send_dead_letter(ev, err, err.reason)
+            self._pending_dead.clear()
+            for user_id, ev in last_applied.items():
+                self.save_state(states[user_id], ev)
+            await self.publish([states[u] for u in triggers], triggers, shard=shard)
+            self._last_record[tp.partition] = time.monotonic()
+            self._stale.add(tp.partition)
+
+    def drop_shards(self, revoked) -> None:
+        """A revoked partition may be learned by another worker meanwhile: its shard is rebuilt if it comes back."""
+        self._shard_generation += 1
+        for tp in revoked:
+            if tp.topic == self.s.topic_behavior and self.shards.pop(tp.partition, None) is not None:
+                self._stale.discard(tp.partition)
+                log.info("replayable: dropped the shard of %s/%d (revoked)", tp.topic, tp.partition)
+
+    async def publish_sharded(self, states: list[UserState], triggers: dict[str, dict]) -> int:
+        """:meth:`publish` for users of any partition: in replayable mode each group with its own shard
+        (users of no shard here are left out: not this worker's)."""
+        if not self.s.replayable:
+            await self.publish(states, triggers)
+            return len(states)
+        groups: dict[int, list[UserState]] = defaultdict(list)
+        for st in states:
+            for p, shard in self.shards.items():
+                if st.user_id in shard.users:
+                    groups[p].append(st)
+                    break
+        for p, group in sorted(groups.items()):
+            await self.publish(group, {st.user_id: triggers[st.user_id] for st in group}, shard=self.shards[p])
+            # These results were ranked in a batch of another shape than the canonical refresh's (batched
+            # products may round differently): let the quiet refresh publish the canonical ones.
+            self._stale.add(p)
+        return sum(len(g) for g in groups.values())
+
+    async def refresh_quiet(self) -> None:
+        """Step 3 of the replayable protocol: refresh every user of each partition that has gone quiet."""
+        now = time.monotonic()
+        for p in sorted(self._stale):
+            if now - self._last_record.get(p, 0.0) < self.s.refresh_quiet_s:
+                continue
+            async with self.lock:
+                shard = self.shards.get(p)
+                if shard is None or p not in self._stale:
+                    continue
+                states = []
+                for user_id in shard.users:
+                    raw = self.users.get(user_id.encode())
+                    if raw is not None:
+                        with contextlib.suppress(StateError):
+                            states.append(UserState.from_bytes(raw))
+                for chunk in refresh_batches(states, self.s.batch_max):
+                    triggers = {st.user_id: {"event_id": st.event_ids[-1] if st.event_ids else None,
+                                             "ts": st.updated_ts, "reason": "refresh"} for st in chunk}
+                    await self.publish(chunk, triggers, shard=shard)
+                    self.watchdog.beat_batch()
+                self._stale.discard(p)
+                metrics.QUIET_REFRESHES.inc(len(states))
+                log.info("replayable: refreshed %d users of partition %d (quiet for %.1fs)", len(states), p,
+                         time.monotonic() - self._last_record.get(p, 0.0))
 
     # ------------------------------------------------------------------ images
     async def process_image_batch(self, events: list[faust.EventT]) -> None:
@@ -495,8 +623,8 @@ class Pipeline:
             now = int(time.time() * 1000)
             triggers = {m.user_id: {"image_id": m.image_id, "ts": self.core.index.created_at(m.image_id) or now}
                         for m in matches}
-            await self.publish(chosen, triggers)
-            metrics.PUSH_REFRESHES.inc(len(chosen))
+            n = await self.publish_sharded(chosen, triggers)
+            metrics.PUSH_REFRESHES.inc(n)
 
     # ------------------------------------------------------------------ background
     async def run_replica(self) -> None:
@@ -551,8 +679,8 @@ class Pipeline:
                         except StateError:
                             continue
                 now = int(time.time() * 1000)
-                await self.publish(states, {st.user_id: {"reason": "redis-repopulate", "ts": now} for st in states})
-                done += len(states)
+                done += await self.publish_sharded(
+                    states, {st.user_id: {"reason": "redis-repopulate", "ts": now} for st in states})
         metrics.REDIS_REPOPULATED.inc(done)
         return done
 
@@ -633,6 +761,7 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
         log.info("partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+        pipe.drop_shards(revoked)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs):
@@ -642,6 +771,11 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     @app.timer(interval=1.0)
     async def reseek():
         await pipe.reseek_overdue()
+
+    if s.replayable:
+        @app.timer(interval=0.25)
+        async def quiet_refresh():
+            await pipe.refresh_quiet()
 
     @app.timer(interval=5.0)
     async def gauges():

@@ -26,6 +26,10 @@ OFFSET_HOLES = Counter("reco_offset_holes", "Holes in a partition's delivered of
                        registry=REGISTRY)
 PUSH_REFRESHES = Counter("reco_push_refreshes", "Recommendation refreshes triggered by new images",
                          registry=REGISTRY)
+QUIET_REFRESHES = Counter("reco_quiet_refreshes", "Replayable mode: results refreshed because their partition went "
+                          "quiet", registry=REGISTRY)
+SHARD_REBUILDS = Counter("reco_shard_rebuilds", "Replayable mode: partition shards rebuilt from the log",
+                         registry=REGISTRY)
 EVENT_TO_REDIS = Histogram(
     "reco_event_to_redis_seconds", "Time from a behaviour event's Kafka timestamp to its result in Redis",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=REGISTRY)

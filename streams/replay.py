@@ -4,18 +4,23 @@ Used by tests and fault checks to compute what a clean single run must produce, 
 tooling. Image records take the same route as in a worker: ``parse_image`` -> ``catalog_record`` ->
 ``parse_catalog`` -> ``RecommenderCore.apply_images``; behaviour records: ``parse_behavior`` ->
 ``RecommenderCore.learn`` with the record's offset (the dedup guard) -> ``recommend``.
+
+With ``RECO_REPLAYABLE`` set, behaviour records need their partition: each partition learns into its own
+shard, in the order given (give each partition's records in offset order), and :meth:`Replay.final_results`
+computes what a replayable worker publishes once every partition has gone quiet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models import RecommenderCore, UserState
+from models import RecommenderCore, Shard, UserState, refresh_batches
 from models.errors import InvalidInput
 
 from .app import build_core
 from .schemas import catalog_record, parse_behavior, parse_catalog, parse_image
 from .settings import Settings
+from .shards import learn_record
 
 
 @dataclass
@@ -24,6 +29,7 @@ class Replay:
     core: RecommenderCore = field(init=False)
     states: dict[str, UserState] = field(default_factory=dict)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    shards: dict[int, Shard] = field(default_factory=dict)  # replayable mode: by partition
 
     def __post_init__(self) -> None:
         self.core = build_core(self.s)
@@ -43,7 +49,15 @@ class Replay:
         image_id, vec, created = parse_catalog(catalog_record(img, img.embedding, offset), self.s.dim)
         self.core.apply_images([(image_id, vec, created)])
 
-    def behavior(self, key: bytes | None, value: bytes, offset: int) -> UserState | None:
+    def behavior(self, key: bytes | None, value: bytes, offset: int, partition: int | None = None) -> UserState | None:
+        if self.s.replayable:
+            if partition is None:
+                raise ValueError("replayable mode: behaviour records need their partition")
+            shard = self.shards.get(partition)
+            if shard is None:
+                shard = self.shards[partition] = self.core.new_shard()
+            with self.core.use_shard(shard):
+                return learn_record(self.core, self.s, self.states, shard, key, value, offset)
         try:
             b = parse_behavior(value, key=key, max_bytes=self.s.max_event_bytes, max_id_length=self.s.max_id_length,
                                max_future_skew_ms=self.s.max_future_skew_ms)
@@ -55,6 +69,17 @@ class Replay:
             return None
         self.states[b.user_id] = state
         return state
+
+    def final_results(self) -> dict[str, list[str]]:
+        """Replayable mode: every user's result after the quiet refresh of their partition (image ids)."""
+        out: dict[str, list[str]] = {}
+        for _, shard in sorted(self.shards.items()):
+            states = [self.states[u] for u in shard.users]
+            with self.core.use_shard(shard):
+                for chunk in refresh_batches(states, self.s.batch_max):
+                    for st, items in zip(chunk, self.core.recommend(chunk), strict=True):
+                        out[st.user_id] = [i.image_id for i in items]
+        return out
 
     def recommend_ids(self, user_id: str) -> list[str]:
         return [i.image_id for i in self.core.recommend([self.states[user_id]])[0]]

@@ -1,7 +1,9 @@
 """Fault tests with real processes: kill -9, SIGTERM, scaling, Redis and Kafka outages, the watchdog.
 
 After each fault the final user state must equal a clean single-run replay of the same events (nothing
-lost, nothing applied twice) and every user's final result must reflect their last event.
+lost, nothing applied twice) and every user's final result must reflect their last event. Each fault runs
+in both modes; in replayable mode (streams/shards.py) every final result must also equal the replay's
+item for item.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from tests.kafka_io import produce, sync_ensure_topics
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(400), pytest.mark.flaky(reruns=1)]
 
 
+MODES = pytest.mark.parametrize("replayable", [False, True], ids=["default", "replayable"])
+
+
 def _ready_workload(make_settings, start_worker, **overrides):
     s = make_settings(**overrides)
     sync_ensure_topics(s)
@@ -32,8 +37,10 @@ def _ready_workload(make_settings, start_worker, **overrides):
     return s, wl, w
 
 
-def test_kill9_repeatedly_mid_stream(make_settings, start_worker):
-    s, wl, w = _ready_workload(make_settings, start_worker, partitions=3, commit_interval_s=2.0, batch_max=50)
+@MODES
+def test_kill9_repeatedly_mid_stream(make_settings, start_worker, replayable):
+    s, wl, w = _ready_workload(make_settings, start_worker, partitions=3, commit_interval_s=2.0, batch_max=50,
+                               replayable=replayable)
     chunk = len(wl.events) // 4
     for cycle in range(3):
         wl.produce_events(cycle * chunk, (cycle + 1) * chunk)
@@ -50,8 +57,10 @@ def test_kill9_repeatedly_mid_stream(make_settings, start_worker):
     wl.verify()
 
 
-def test_sigterm_finishes_in_flight_batch_commits_and_exits(make_settings, start_worker):
-    s, wl, w = _ready_workload(make_settings, start_worker, partitions=2, commit_interval_s=5.0)
+@MODES
+def test_sigterm_finishes_in_flight_batch_commits_and_exits(make_settings, start_worker, replayable):
+    s, wl, w = _ready_workload(make_settings, start_worker, partitions=2, commit_interval_s=5.0,
+                               replayable=replayable)
     wl.produce_events(0, len(wl.events))
     wait_until(lambda: w.metric("reco_events_consumed_total", topic=s.topic_behavior) >= 200, 30,
                what="mid-stream")
@@ -66,8 +75,9 @@ def test_sigterm_finishes_in_flight_batch_commits_and_exits(make_settings, start
     wl.verify()
 
 
-def test_scale_1_to_3_to_1_with_rebalances(make_settings, start_worker, tmp_path):
-    s, wl, w1 = _ready_workload(make_settings, start_worker, partitions=4)
+@MODES
+def test_scale_1_to_3_to_1_with_rebalances(make_settings, start_worker, tmp_path, replayable):
+    s, wl, w1 = _ready_workload(make_settings, start_worker, partitions=4, replayable=replayable)
     n = len(wl.events)
     wl.produce_events(0, n // 3)
     others = [start_worker(s.model_copy(update={"data_dir": tmp_path / f"w{i}", "web_port": free_port()}),
@@ -82,10 +92,12 @@ def test_scale_1_to_3_to_1_with_rebalances(make_settings, start_worker, tmp_path
     wl.verify()
 
 
-def test_redis_outage_flush_and_repopulation(make_settings, start_worker, tmp_path):
+@MODES
+def test_redis_outage_flush_and_repopulation(make_settings, start_worker, tmp_path, replayable):
     rs = RedisServer(tmp_path / "own-redis").start()
     try:
-        s, wl, w = _ready_workload(make_settings, start_worker, redis_url=rs.url, redis_check_interval_s=1.0)
+        s, wl, w = _ready_workload(make_settings, start_worker, redis_url=rs.url, redis_check_interval_s=1.0,
+                                   replayable=replayable)
         n = len(wl.events)
         wl.produce_events(0, n // 2)
         wl.wait_processed(upto=n // 2)
@@ -115,10 +127,12 @@ def test_redis_outage_flush_and_repopulation(make_settings, start_worker, tmp_pa
         rs.stop()
 
 
-def test_kafka_broker_restart_mid_stream(make_settings, start_worker, tmp_path):
+@MODES
+def test_kafka_broker_restart_mid_stream(make_settings, start_worker, tmp_path, replayable):
     broker = KafkaBroker(tmp_path / "own-kafka").start()
     try:
-        s, wl, w = _ready_workload(make_settings, start_worker, kafka_bootstrap=broker.bootstrap, partitions=2)
+        s, wl, w = _ready_workload(make_settings, start_worker, kafka_bootstrap=broker.bootstrap, partitions=2,
+                                   replayable=replayable)
         n = len(wl.events)
         wl.produce_events(0, n // 2)
         wait_until(lambda: w.metric("reco_events_consumed_total", topic=s.topic_behavior) >= n // 4, 30,

@@ -84,16 +84,17 @@ class Workload:
     def verify(self, repopulated_ok: bool = False) -> dict[str, UserState]:
         """Final table state == clean single replay (exactly once); final results are fresh and valid.
 
-        Results are not compared item for item with the replay: they also depend on worker-local global
-        signals (trending, co-visitation, the online ranker) as of each user's last batch, which a
-        different batching or a restart legitimately changes. Bit-identical results for identical batching
-        are proved by tests/integration/test_pipeline.py::test_worker_results_equal_in_process_core."""
+        In replayable mode (``RECO_REPLAYABLE``) the final results must also equal the replay's item for
+        item, once every partition has gone quiet (streams/shards.py). In the default mode they are not
+        compared item for item: they also depend on worker-local shared signals (trending, co-visitation,
+        the online ranker) as of each user's last batch, which a different batching or a restart
+        legitimately changes."""
         assert len(self.meta) == len(self.events), "produce every event before verifying"
         replay = Replay(self.s)
         for n, (k, v) in enumerate(self.images):
             replay.image(k, v, n)
-        for (k, v), (_p, off) in sorted(zip(self.events, self.meta, strict=True), key=lambda x: x[1]):
-            replay.behavior(k, v, off)
+        for (k, v), (p, off) in sorted(zip(self.events, self.meta, strict=True), key=lambda x: x[1]):
+            replay.behavior(k, v, off, partition=p)
         changelog = asyncio.run(read_all(self.s, f"{self.s.app_id}-users-changelog"))
         final = {}
         history: dict[str, list[int]] = {}
@@ -124,4 +125,25 @@ class Workload:
                 repopulated_ok and rec["trigger"].get("reason") == "redis-repopulate")
             assert fresh, f"{u}: stale final result (trigger {rec['trigger']}, last event {last})"
             assert len(set(ids)) == len(ids) and all(i in replay.core.index for i in ids), f"{u}: invalid items"
+        if self.s.replayable:
+            self.verify_results(replay.final_results())
         return final
+
+    def verify_results(self, expected: dict[str, list[str]], timeout: float = 60.0) -> None:
+        """Every user's result in Redis equals ``expected`` item for item (after the quiet refresh)."""
+        client = RecommendationsClient(self.s.redis_url, prefix=self.s.redis_key_prefix)
+        diff: dict[str, tuple] = {}
+
+        def same() -> bool:
+            diff.clear()
+            for u, rec in client.get_many(sorted(expected)).items():
+                got = [i["image_id"] for i in rec["items"]] if rec else None
+                if got != expected[u]:
+                    diff[u] = (got, expected[u])
+            return not diff
+        try:
+            wait_until(same, timeout, interval=0.5, what="results equal to the clean replay")
+        except AssertionError:
+            sample = dict(list(diff.items())[:3])
+            raise AssertionError(f"{len(diff)} of {len(expected)} users' results differ from the clean replay, "
+                                 f"e.g. (got, expected): {sample}") from None
