@@ -333,8 +333,8 @@ class Pipeline:
         if unknown:
             self.guard.start(await self._lag_monitor().start_offsets(self.s.app_id, unknown))
         keep, seeks, dropped = self.guard.admit(events)
-        if dropped:
-            metrics.DUPLICATES.inc(dropped)
+        if dropped:  # not duplicates of applied events: copies of records this generation already took
+            metrics.REDELIVERED.inc(dropped)
         for tp, offset in seeks.items():
             first = await self._lag_monitor().first_offset_from(tp, offset)
             if first is not None and first > offset:

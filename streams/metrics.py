@@ -10,6 +10,8 @@ EVENTS_CONSUMED = Counter("reco_events_consumed", "Records consumed, per topic",
 EVENTS_PRODUCED = Counter("reco_events_produced", "Records produced, per topic", ["topic"], registry=REGISTRY)
 DEAD_LETTERS = Counter("reco_dead_letters", "Records sent to dead letters, per source topic and reason",
                        ["topic", "reason"], registry=REGISTRY)
+REDELIVERED = Counter("reco_redelivered_records", "Records delivered again within one consumer generation (e.g. "
+                      "after a seek back) and dropped by the offset guard before parsing", registry=REGISTRY)
 DUPLICATES = Counter("reco_duplicate_events", "Redelivered/duplicate behaviour events skipped (not re-applied)",
                      registry=REGISTRY)
 UNKNOWN_IMAGE = Counter("reco_unknown_image_events",
