@@ -590,14 +590,19 @@ class Pipeline:
             for (img, ev), vec in zip(to_embed, mat, strict=True):
                 vectors[id(ev)] = vec
             ready.extend(to_embed)
+        now = time.time()
         for img, ev in sorted(ready, key=lambda x: (x[1].message.partition, x[1].message.offset)):
             m = ev.message
+            # The catalog record keeps the upload's timestamp, so replicas can measure upload -> searchable.
+            ts = m.timestamp or None
+            if ts:
+                metrics.IMAGE_TO_CATALOG.observe(max(0.0, now - ts))
             if img is None:
-                await self.catalog_topic.send(key=m.key, value=None, partition=m.partition, force=True)
+                await self.catalog_topic.send(key=m.key, value=None, partition=m.partition, timestamp=ts, force=True)
             else:
                 vec = img.embedding if img.embedding is not None else vectors[id(ev)]
                 await self.catalog_topic.send(key=m.key, value=catalog_record(img, vec, m.offset),
-                                              partition=m.partition, force=True)
+                                              partition=m.partition, timestamp=ts, force=True)
         metrics.EVENTS_PRODUCED.labels(s.topic_catalog).inc(len(ready))
 
     async def push_new_images(self, image_ids: list[str]) -> None:

@@ -604,7 +604,9 @@ class Row:
     cpu_us_per_event: float = float("nan")  # during the drain: CPU time of the pipeline process per event
     load1: float = float("nan")  # machine load average after the drain
     levels: list[Level] = field(default_factory=list)
-    new_image_ms: list[float] = field(default_factory=list)
+    new_image_ms: list[float] = field(default_factory=list)  # idle: after the input lag drained
+    new_image_load_ms: list[float] = field(default_factory=list)  # during the 50 % load level
+    new_image_hops_ms: dict = field(default_factory=dict)  # worker histograms: mean ms per hop (idle run)
     error: str | None = None
 
     def level(self, fraction: float) -> Level | None:
@@ -826,8 +828,16 @@ class Harness:
             if row.drained and math.isfinite(row.rate) and row.rate > 0:
                 for f in cfg.levels:
                     spy = self._spy(proc, f"{name}-{int(f * 100)}pct")
-                    lv = await self.offered_level(prod, admin, cons, group, topics["behavior"], prefix, f,
-                                                  cfg.level_rate or row.rate, src, proc, info.get("port"))
+                    level = self.offered_level(prod, admin, cons, group, topics["behavior"], prefix, f,
+                                               cfg.level_rate or row.rate, src, proc, info.get("port"))
+                    if name in PROJECT_VARIANTS and cfg.new_images and abs(f - 0.5) < 1e-9:
+                        # new images uploaded while the worker runs at half its drain rate
+                        lv, row.new_image_load_ms = await asyncio.gather(level, self.new_images(
+                            prod, topics["images"], info["port"], start=cfg.images + 60_000, delay_s=1.0))
+                        self.log(f"[{name}] during 50% load: new image searchable after p50 "
+                                 f"{_pct(row.new_image_load_ms, 50):.0f} ms, max {max(row.new_image_load_ms):.0f} ms")
+                    else:
+                        lv = await level
                     if spy is not None:
                         spy.send_signal(signal.SIGINT)
                         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -842,9 +852,25 @@ class Harness:
                              + (f"; worker: {lv.mean_batch:.0f} events/batch, p99 <= {lv.worker_p99_ms:.0f} ms"
                                 if math.isfinite(lv.mean_batch) else ""))
             if name in PROJECT_VARIANTS and cfg.new_images:
+                # idle: first let the worker catch up with what the 90 % level left queued
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    c, e = await self.lag(admin, cons, group, topics["behavior"])
+                    if e - c <= 0:
+                        break
+                    await asyncio.sleep(0.5)
+                m0 = _scrape(info["port"])
                 row.new_image_ms = await self.new_images(prod, topics["images"], info["port"])
-                self.log(f"[{name}] new image searchable after p50 {_pct(row.new_image_ms, 50):.0f} ms, "
-                         f"max {max(row.new_image_ms, default=float('nan')):.0f} ms")
+                m1 = _scrape(info["port"])
+                for hop in ("reco_image_to_catalog_seconds", "reco_image_searchable_seconds"):
+                    n = m1.get(hop + "_count", 0) - m0.get(hop + "_count", 0)
+                    if n > 0:
+                        row.new_image_hops_ms[hop] = 1e3 * (m1.get(hop + "_sum", 0) - m0.get(hop + "_sum", 0)) / n
+                self.log(f"[{name}] idle (input lag {e - c}): new image searchable after p50 "
+                         f"{_pct(row.new_image_ms, 50):.0f} ms, max {max(row.new_image_ms, default=float('nan')):.0f} ms; "
+                         f"worker means: upload->catalog "
+                         f"{row.new_image_hops_ms.get('reco_image_to_catalog_seconds', float('nan')):.0f} ms, "
+                         f"upload->index {row.new_image_hops_ms.get('reco_image_searchable_seconds', float('nan')):.0f} ms")
             row.rss_mb = proc.sample_rss() / 2**20
         except Exception as exc:
             row.error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -959,7 +985,8 @@ class Harness:
                      lag_start, lag_end, sustained, cpu_per_event, cpu_pct, os.getloadavg()[0], bench_cpu,
                      broker_cpu, lag_mid if lag_mid is not None else -1, mean_batch, wp99)
 
-    async def new_images(self, prod, topic: str, port: int) -> list[float]:
+    async def new_images(self, prod, topic: str, port: int, start: int | None = None,
+                         delay_s: float = 0.1) -> list[float]:
         def size() -> int:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as r:
@@ -971,7 +998,7 @@ class Harness:
         out = []
         base = size()
         for n, (ids, mat, created) in enumerate(catalog_chunks(cfg.new_images, cfg.dim, cfg.themes, cfg.seed + 77,
-                                                                chunk=1, start=cfg.images + 50_000)):
+                                                                chunk=1, start=start or cfg.images + 50_000)):
             rec = {"image_id": ids[0], "embedding": [round(float(x), 6) for x in mat[0]], "created_at": created[0]}
             t0 = time.perf_counter()
             await prod.send_and_wait(topic, key=ids[0].encode(), value=orjson.dumps(rec))
@@ -980,7 +1007,7 @@ class Harness:
                     break
                 await asyncio.sleep(0.01)
             out.append((time.perf_counter() - t0) * 1e3)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(delay_s)
         return out
 
     # ------------------------------------------------------------------ everything
@@ -1025,7 +1052,7 @@ def _scrape(port: int | None) -> dict[str, float]:
         return {}
     out = {}
     for line in text.splitlines():
-        if line.startswith(("reco_batch_size_", "reco_event_to_redis_seconds_")):
+        if line.startswith(("reco_batch_size_", "reco_event_to_redis_seconds_", "reco_image_")):
             head, _, value = line.rpartition(" ")
             out[head] = float(value)
     return out
@@ -1079,6 +1106,8 @@ def format_report(cfg: BenchConfig, rows: list[Row], micro: dict | None, model: 
         sus = "/".join(("yes" if lv.sustained else "NO") for lv in r.levels) or "-"
         s += f"| {sus:>9} | "
         s += f"{_pct(r.new_image_ms, 50):.0f} (max {max(r.new_image_ms):.0f})" if r.new_image_ms else "-"
+        if r.new_image_load_ms:
+            s += f"; @50 % {_pct(r.new_image_load_ms, 50):.0f} (max {max(r.new_image_load_ms):.0f})"
         if r.error:
             s += f"  ERROR {r.error.splitlines()[0][:120]}"
         lines.append(s)

@@ -142,6 +142,12 @@ class IndexReplica:
         if n:
             metrics.EVENTS_CONSUMED.labels(self.s.topic_catalog).inc(n)
             self.core.apply_images(upserts.values(), deletes)
+            if push:  # tailing (not the start-up catch-up): upload -> searchable here, per record
+                now = time.time() * 1000
+                for records in batches.values():
+                    for rec in records:
+                        if rec.timestamp and rec.timestamp > 0:
+                            metrics.IMAGE_SEARCHABLE.observe(max(0.0, now - rec.timestamp) / 1000)
             self._dirty = True
             metrics.INDEX_SIZE.set(len(self.core.index))
             if push and self.on_applied is not None and upserts:

@@ -32,6 +32,12 @@ QUIET_REFRESHES = Counter("reco_quiet_refreshes", "Replayable mode: results refr
                           "quiet", registry=REGISTRY)
 SHARD_REBUILDS = Counter("reco_shard_rebuilds", "Replayable mode: partition shards rebuilt from the log",
                          registry=REGISTRY)
+IMAGE_TO_CATALOG = Histogram(
+    "reco_image_to_catalog_seconds", "Upload (new-images record timestamp) to its catalog record being sent",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
+IMAGE_SEARCHABLE = Histogram(
+    "reco_image_searchable_seconds", "Upload (catalog record timestamp = upload time) to searchable in this "
+    "worker's index replica", buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
 EVENT_TO_REDIS = Histogram(
     "reco_event_to_redis_seconds", "Time from a behaviour event's Kafka timestamp to its result in Redis",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=REGISTRY)

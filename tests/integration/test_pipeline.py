@@ -260,6 +260,7 @@ def test_new_image_is_pushed_to_matching_users(make_settings, start_worker):
         for n, i in enumerate(theme0)]))
     client = redis_client(s)
     wait_until(lambda: (r := client.get("fan")) and r["trigger"].get("event_id") == "f4", 20, what="fan warmed up")
+    n0, sum0 = w.metric("reco_image_searchable_seconds_count"), w.metric("reco_image_searchable_seconds_sum")
     t0 = time.monotonic()
     new_vec = centres[0] / np.linalg.norm(centres[0])
     asyncio.run(produce(s, s.topic_images, [(b"img-new", orjson.dumps(
@@ -268,6 +269,10 @@ def test_new_image_is_pushed_to_matching_users(make_settings, start_worker):
                    what="push refresh for the new image")
     assert time.monotonic() - t0 < 5
     assert r["items"][0]["image_id"] == "img-new", "the new image is the best match for this user"
+    # upload -> searchable is measured per worker (the catalog record keeps the upload's timestamp)
+    assert w.metric("reco_image_searchable_seconds_count") == n0 + 1
+    assert 0 < w.metric("reco_image_searchable_seconds_sum") - sum0 < 5
+    assert w.metric("reco_image_to_catalog_seconds_count") == 41
 
 
 def test_cold_start_user_gets_trending_and_fresh(make_settings, start_worker):
