@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import numpy as np
 import orjson
 from faust.streams import _current_event  # the contextvar Table writes read their partition from
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -75,6 +76,7 @@ from .watchdog import Watchdog
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 20.0
+PUSH_CHUNK = 100  # users re-ranked per lock hold during a new-image push
 EXIT_FATAL = 70
 
 
@@ -208,7 +210,7 @@ class Pipeline:
             s.redis_url, prefix=s.redis_key_prefix, ttl_s=s.redis_ttl_s, username=s.redis_username,
             password=s.redis_password.get_secret_value() if s.redis_password else None,
             retry_max_s=s.redis_retry_max_s)
-        self.replica = IndexReplica(s, self.core, self.worker_id, on_applied=self.push_new_images)
+        self.replica = IndexReplica(s, self.core, self.worker_id, on_applied=self.on_images_applied)
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
         self.behavior_topic = app.topic(s.topic_behavior, partitions=s.partitions, **raw)
         self.images_topic = app.topic(s.topic_images, partitions=s.image_partitions, **raw)
@@ -233,6 +235,11 @@ class Pipeline:
         self._stale: set[int] = set()
         self._pending_dead: list[tuple[faust.EventT, Exception]] = []
         self._shard_generation = 0  # +1 on every revocation
+        # New-image push: taste vectors of the users in the table (kept up to date by save_state), and
+        # the images waiting for the push task.
+        self._tastes: dict[str, np.ndarray] = {}
+        self._push_pending: list[str] = []
+        self._push_task: asyncio.Future | None = None
 
     # ------------------------------------------------------------------ helpers
     def load_state(self, user_id: str) -> UserState:
@@ -252,6 +259,7 @@ class Pipeline:
             self.users[state.user_id.encode()] = state.to_bytes()
         finally:
             _current_event.reset(token)
+        self._tastes[state.user_id] = state.interests
 
     async def send_dead_letter(self, event: faust.EventT, error: BaseException, reason: str) -> None:
         m = event.message
@@ -605,31 +613,90 @@ class Pipeline:
                                               partition=m.partition, timestamp=ts, force=True)
         metrics.EVENTS_PRODUCED.labels(s.topic_catalog).inc(len(ready))
 
-    async def push_new_images(self, image_ids: list[str]) -> None:
-        """Refresh the local users whose tastes match new images (push, not only pull)."""
-        if self.s.push_max_users == 0 or not self.replica.ready.is_set():
+    async def on_images_applied(self, image_ids: list[str]) -> None:
+        """Replica callback: queue a push refresh and return at once, so the replica keeps applying the
+        catalog (searchability) while pushes run; images arriving meanwhile are pushed together next."""
+        if self.s.push_max_users == 0:
             return
-        async with self.lock:
-            states = []
+        self._push_pending.extend(image_ids)
+        if self._push_task is None or self._push_task.done():
+            self._push_task = asyncio.ensure_future(self._push_loop())
+
+    async def _push_loop(self) -> None:
+        while self._push_pending:
+            ids, self._push_pending = list(dict.fromkeys(self._push_pending)), []
+            try:
+                await self.push_new_images(ids)
+            except Exception as exc:  # a failed push leaves results to the next event; never kills the worker
+                log.exception("push refresh for %d new images failed: %r", len(ids), exc)
+
+    def _taste_matrix(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(user ids, stacked interest rows, owner index per row) of every user in this worker's table,
+        from the taste cache (filled from the table for users this process has not saved yet)."""
+        if len(self._tastes) < len(self.users):
             for key, raw in list(self.users.items()):
-                if raw is None:
+                uid = key.decode()
+                if raw is None or uid in self._tastes:
                     continue
                 try:
-                    states.append(UserState.from_bytes(raw))
+                    self._tastes[uid] = UserState.from_bytes(raw).interests
                 except StateError:
                     continue
-            matches = self.core.match_new_images(image_ids, states, min_score=self.s.push_min_score)
-            matches.sort(key=lambda m: -m.score)
-            matches = matches[: self.s.push_max_users]
-            if not matches:
-                return
-            by_user = {st.user_id: st for st in states}
-            chosen = [by_user[m.user_id] for m in matches]
-            now = int(time.time() * 1000)
-            triggers = {m.user_id: {"image_id": m.image_id, "ts": self.core.index.created_at(m.image_id) or now}
-                        for m in matches}
-            n = await self.publish_sharded(chosen, triggers)
-            metrics.PUSH_REFRESHES.inc(n)
+        for uid in [u for u in self._tastes if u.encode() not in self.users]:  # revoked users
+            del self._tastes[uid]
+        users = [u for u, rows in self._tastes.items() if rows.shape[0]]
+        if not users:
+            return [], np.zeros((0, self.core.dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        mats = [self._tastes[u] for u in users]
+        owner = np.repeat(np.arange(len(users)), [m.shape[0] for m in mats])
+        return users, np.vstack(mats), owner
+
+    async def push_new_images(self, image_ids: list[str]) -> None:
+        """Refresh the local users whose tastes match new images (push, not only pull).
+
+        One product of every cached taste vector with the new images picks the best-matching users (at most
+        ``push_max_users``, score >= ``push_min_score``); only their states are decoded, and their results
+        are recomputed in chunks, each under the lock, so behaviour batches run in between."""
+        if self.s.push_max_users == 0 or not self.replica.ready.is_set():
+            return
+        vecs = self.core.index.vectors(image_ids)
+        if not vecs:
+            return
+        users, rows, owner = self._taste_matrix()
+        if not users:
+            return
+        best_row = (rows @ np.stack(list(vecs.values())).T).max(axis=1)
+        best = np.full(len(users), -np.inf, dtype=np.float32)
+        np.maximum.at(best, owner, best_row)
+        eligible = np.flatnonzero(best >= self.s.push_min_score)
+        # a few more than the cap: a user's best image may be one they have already seen
+        pick = eligible[np.argsort(-best[eligible], kind="stable")][: 2 * self.s.push_max_users]
+        states = []
+        for j in pick.tolist():
+            raw = self.users.get(users[j].encode())
+            if raw is not None:
+                with contextlib.suppress(StateError):
+                    states.append(UserState.from_bytes(raw))
+        matches = self.core.match_new_images(list(vecs), states, min_score=self.s.push_min_score)
+        matches.sort(key=lambda m: -m.score)
+        matches = matches[: self.s.push_max_users]
+        now = int(time.time() * 1000)
+        n = 0
+        for start in range(0, len(matches), PUSH_CHUNK):
+            chunk = matches[start:start + PUSH_CHUNK]
+            async with self.lock:
+                fresh = []
+                for m in chunk:  # re-read: a behaviour batch may have changed the user since the match
+                    raw = self.users.get(m.user_id.encode())
+                    if raw is None:  # no longer in this worker's table (revoked meanwhile)
+                        continue
+                    with contextlib.suppress(StateError):
+                        fresh.append(UserState.from_bytes(raw))
+                triggers = {m.user_id: {"image_id": m.image_id, "ts": self.core.index.created_at(m.image_id) or now}
+                            for m in chunk}
+                n += await self.publish_sharded(fresh, triggers)
+            await asyncio.sleep(0)
+        metrics.PUSH_REFRESHES.inc(n)
 
     # ------------------------------------------------------------------ background
     async def run_replica(self) -> None:
