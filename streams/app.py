@@ -233,7 +233,6 @@ class Pipeline:
         self.shards: dict[int, Shard] = {}
         self._last_record: dict[int, float] = {}
         self._stale: set[int] = set()
-        self._pending_dead: list[tuple[faust.EventT, Exception]] = []
         self._shard_generation = 0  # +1 on every revocation
         # New-image push: taste vectors of the users in the table (kept up to date by save_state), and
         # the images waiting for the push task.
@@ -251,6 +250,16 @@ class Pipeline:
         except StateError:
             log.exception("corrupt state for user %r: starting it afresh", user_id)
             return self.core.new_state(user_id)
+
+    def stored_states(self, user_ids) -> list[UserState]:
+        """The table's states of ``user_ids`` (users not in this worker's table, or unreadable, left out)."""
+        out = []
+        for user_id in user_ids:
+            raw = self.users.get(user_id.encode())
+            if raw is not None:
+                with contextlib.suppress(StateError):
+                    out.append(UserState.from_bytes(raw))
+        return out
 
     def save_state(self, state: UserState, event: faust.EventT) -> None:
         """Table write attributed to ``event`` so the changelog record lands on the event's partition."""
@@ -451,7 +460,7 @@ class Pipeline:
                     last_written = ev
                 else:
                     metrics.DUPLICATES.inc()
-                triggers[user_id] = {"event_id": b.event_id or f"{m.topic}:{m.partition}:{m.offset}", "ts": b.ts}
+                triggers[user_id] = _trigger(b, m)
             if last_written is not None:
                 assert last_written.message.partition == items[0][1].message.partition, "a user's events span partitions"
                 self.save_state(state, last_written)
@@ -482,6 +491,7 @@ class Pipeline:
             states: dict[str, UserState] = {}
             last_applied: dict[str, faust.EventT] = {}
             triggers: dict[str, dict] = {}
+            dead: list[tuple[faust.EventT, InvalidEvent]] = []  # sent after the block (an await)
             with self.core.use_shard(shard):  # step 2: no await inside
                 for b, ev in sorted(by_tp[tp], key=lambda x: x[1].message.offset):
                     m = ev.message
@@ -495,7 +505,7 @@ class Pipeline:
                                                        shared=shared)
                     except InvalidInput as exc:
                         err = invalid(exc, topic=m.topic, partition=m.partition, offset=m.offset)
-                        self._pending_dead.append((ev, err))
+                        dead.append((ev, err))
                         continue
                     finally:
                         shard.watermark = max(shard.watermark, m.offset)
@@ -505,10 +515,9 @@ class Pipeline:
                         last_applied[b.user_id] = ev
                     else:
                         metrics.DUPLICATES.inc()
-                    triggers[b.user_id] = {"event_id": b.event_id or f"{m.topic}:{m.partition}:{m.offset}", "ts": b.ts}
-            for ev, err in self._pending_dead:
+                    triggers[b.user_id] = _trigger(b, m)
+            for ev, err in dead:
                 await self.send_dead_letter(ev, err, err.reason)
-            self._pending_dead.clear()
             for user_id, ev in last_applied.items():
                 self.save_state(states[user_id], ev)
             await self.publish([states[u] for u in triggers], triggers, shard=shard)
@@ -552,12 +561,7 @@ class Pipeline:
                 shard = self.shards.get(p)
                 if shard is None or p not in self._stale:
                     continue
-                states = []
-                for user_id in shard.users:
-                    raw = self.users.get(user_id.encode())
-                    if raw is not None:
-                        with contextlib.suppress(StateError):
-                            states.append(UserState.from_bytes(raw))
+                states = self.stored_states(shard.users)
                 for chunk in refresh_batches(states, self.s.batch_max):
                     triggers = {st.user_id: {"event_id": st.event_ids[-1] if st.event_ids else None,
                                              "ts": st.updated_ts, "reason": "refresh"} for st in chunk}
@@ -671,12 +675,7 @@ class Pipeline:
         eligible = np.flatnonzero(best >= self.s.push_min_score)
         # a few more than the cap: a user's best image may be one they have already seen
         pick = eligible[np.argsort(-best[eligible], kind="stable")][: 2 * self.s.push_max_users]
-        states = []
-        for j in pick.tolist():
-            raw = self.users.get(users[j].encode())
-            if raw is not None:
-                with contextlib.suppress(StateError):
-                    states.append(UserState.from_bytes(raw))
+        states = self.stored_states(users[j] for j in pick.tolist())
         matches = self.core.match_new_images(list(vecs), states, min_score=self.s.push_min_score)
         matches.sort(key=lambda m: -m.score)
         matches = matches[: self.s.push_max_users]
@@ -685,13 +684,9 @@ class Pipeline:
         for start in range(0, len(matches), PUSH_CHUNK):
             chunk = matches[start:start + PUSH_CHUNK]
             async with self.lock:
-                fresh = []
-                for m in chunk:  # re-read: a behaviour batch may have changed the user since the match
-                    raw = self.users.get(m.user_id.encode())
-                    if raw is None:  # no longer in this worker's table (revoked meanwhile)
-                        continue
-                    with contextlib.suppress(StateError):
-                        fresh.append(UserState.from_bytes(raw))
+                # re-read: a behaviour batch may have changed the user since the match (or a revocation
+                # taken them from this worker's table)
+                fresh = self.stored_states(m.user_id for m in chunk)
                 triggers = {m.user_id: {"image_id": m.image_id, "ts": self.core.index.created_at(m.image_id) or now}
                             for m in chunk}
                 n += await self.publish_sharded(fresh, triggers)
@@ -741,20 +736,18 @@ class Pipeline:
         done = 0
         for start in range(0, len(keys), self.s.batch_max):
             async with self.lock:
-                states = []
                 chunk = [k.decode() for k in keys[start:start + self.s.batch_max]]
-                for user_id in await self.store.missing(chunk):  # only results Redis really lost
-                    raw = self.users.get(user_id.encode())
-                    if raw is not None:
-                        try:
-                            states.append(UserState.from_bytes(raw))
-                        except StateError:
-                            continue
+                states = self.stored_states(await self.store.missing(chunk))  # only results Redis really lost
                 now = int(time.time() * 1000)
                 done += await self.publish_sharded(
                     states, {st.user_id: {"reason": "redis-repopulate", "ts": now} for st in states})
         metrics.REDIS_REPOPULATED.inc(done)
         return done
+
+
+def _trigger(b: BehaviorEvent, m) -> dict:
+    """What a result says it reflects: the event's id (or its topic:partition:offset) and time."""
+    return {"event_id": b.event_id or f"{m.topic}:{m.partition}:{m.offset}", "ts": b.ts}
 
 
 async def _shielded(coro) -> None:

@@ -18,7 +18,7 @@ from models import RecommenderCore, Shard, UserState, refresh_batches
 from models.errors import InvalidInput
 
 from .app import build_core
-from .schemas import catalog_record, parse_behavior, parse_catalog, parse_image
+from .schemas import catalog_record, parse_catalog, parse_image
 from .settings import Settings
 from .shards import learn_record
 
@@ -50,25 +50,15 @@ class Replay:
         self.core.apply_images([(image_id, vec, created)])
 
     def behavior(self, key: bytes | None, value: bytes, offset: int, partition: int | None = None) -> UserState | None:
-        if self.s.replayable:
-            if partition is None:
-                raise ValueError("replayable mode: behaviour records need their partition")
-            shard = self.shards.get(partition)
-            if shard is None:
-                shard = self.shards[partition] = self.core.new_shard()
-            with self.core.use_shard(shard):
-                return learn_record(self.core, self.s, self.states, shard, key, value, offset)
-        try:
-            b = parse_behavior(value, key=key, max_bytes=self.s.max_event_bytes, max_id_length=self.s.max_id_length,
-                               max_future_skew_ms=self.s.max_future_skew_ms)
-            state = self.states.get(b.user_id) or self.core.new_state(b.user_id)
-            state, _ = self.core.learn(state, image_id=b.image_id, action=b.action, ts=b.ts, dwell_ms=b.dwell_ms,
-                                       offset=offset, event_id=b.event_id)
-        except InvalidInput as exc:
-            self.rejected.append((offset, exc.reason))
-            return None
-        self.states[b.user_id] = state
-        return state
+        if not self.s.replayable:
+            return learn_record(self.core, self.s, self.states, None, key, value, offset, self.rejected)
+        if partition is None:
+            raise ValueError("replayable mode: behaviour records need their partition")
+        shard = self.shards.get(partition)
+        if shard is None:
+            shard = self.shards[partition] = self.core.new_shard()
+        with self.core.use_shard(shard):
+            return learn_record(self.core, self.s, self.states, shard, key, value, offset, self.rejected)
 
     def final_results(self) -> dict[str, list[str]]:
         """Replayable mode: every user's result after the quiet refresh of their partition (image ids)."""

@@ -53,22 +53,28 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 
-def learn_record(core: RecommenderCore, s: Settings, states: dict[str, UserState], shard: Shard,
-                 key: bytes | None, value: bytes | None, offset: int) -> UserState | None:
-    """Step 1 for one record (``core`` must be using ``shard``): parse and learn it exactly as a live worker
-    does; invalid records are skipped (the live worker dead-letters them). Returns the new state or None."""
+def learn_record(core: RecommenderCore, s: Settings, states: dict[str, UserState], shard: Shard | None,
+                 key: bytes | None, value: bytes | None, offset: int,
+                 rejected: list[tuple[int, str]] | None = None) -> UserState | None:
+    """Parse and learn one behaviour record exactly as a live worker does (``core`` using ``shard``, if
+    one is given: step 1); an invalid record is skipped (the live worker dead-letters it) and, with
+    ``rejected``, listed there with its reason. Returns the new state, or None for an invalid record."""
     try:
         b = parse_behavior(value, key=key, max_bytes=s.max_event_bytes, max_id_length=s.max_id_length,
                            max_future_skew_ms=s.max_future_skew_ms)
         st = states.get(b.user_id) or core.new_state(b.user_id)
         st, _ = core.learn(st, image_id=b.image_id, action=b.action, ts=b.ts, dwell_ms=b.dwell_ms,
                            offset=offset, event_id=b.event_id)
-    except InvalidInput:
+    except InvalidInput as exc:
+        if rejected is not None:
+            rejected.append((offset, exc.reason))
         return None
     finally:
-        shard.watermark = max(shard.watermark, offset)
+        if shard is not None:
+            shard.watermark = max(shard.watermark, offset)
     states[b.user_id] = st
-    shard.users.add(b.user_id)
+    if shard is not None:
+        shard.users.add(b.user_id)
     return st
 
 
