@@ -118,6 +118,7 @@ class IndexReplica:
         assert self._consumer is not None
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.s.image_batch_max)
         upserts: dict[str, tuple] = {}
+        uploaded: dict[str, int] = {}  # image -> its record's timestamp (ms; the upload's, see the catalog agent)
         deletes: set[str] = set()
         n = 0
         for tp, records in batches.items():
@@ -128,6 +129,7 @@ class IndexReplica:
                     if key:
                         deletes.add(key)
                         upserts.pop(key, None)
+                        uploaded.pop(key, None)
                     continue
                 try:
                     image_id, vec, created = parse_catalog(rec.value, self.core.dim)
@@ -137,17 +139,17 @@ class IndexReplica:
                     continue
                 deletes.discard(image_id)
                 upserts[image_id] = (image_id, vec, created)
+                uploaded[image_id] = rec.timestamp
             if records:
                 self._positions[tp.partition] = records[-1].offset + 1
         if n:
             metrics.EVENTS_CONSUMED.labels(self.s.topic_catalog).inc(n)
             self.core.apply_images(upserts.values(), deletes)
-            if push:  # tailing (not the start-up catch-up): upload -> searchable here, per record
+            if push:  # tailing (not the start-up catch-up): upload -> searchable here, per image added
                 now = time.time() * 1000
-                for records in batches.values():
-                    for rec in records:
-                        if rec.timestamp and rec.timestamp > 0:
-                            metrics.IMAGE_SEARCHABLE.observe(max(0.0, now - rec.timestamp) / 1000)
+                for ts in uploaded.values():
+                    if ts > 0:
+                        metrics.IMAGE_SEARCHABLE.observe(max(0.0, now - ts) / 1000)
             self._dirty = True
             metrics.INDEX_SIZE.set(len(self.core.index))
             if push and self.on_applied is not None and upserts:
