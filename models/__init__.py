@@ -1,6 +1,7 @@
 """The recommendation core: pure Python/NumPy/FAISS/torch, usable and testable without Kafka."""
 
 from .core import MODEL_VERSION, PushMatch, RecommenderCore, Shard, refresh_batches
+from .ease import ItemLinear
 from .encoders import TextEncoder, TorchScriptImageEncoder, image_text
 from .errors import (
     ConfigError,
@@ -19,7 +20,7 @@ from .state import UserState
 from .vectors import as_unit_matrix, as_unit_vector
 
 __all__ = [
-    "ACTIONS", "MODEL_VERSION", "ConfigError", "DimensionMismatch", "ImageIndex", "InterestModel",
+    "ACTIONS", "MODEL_VERSION", "ConfigError", "DimensionMismatch", "ImageIndex", "InterestModel", "ItemLinear",
     "InvalidInput", "NonFiniteVector", "Popularity", "PushMatch", "Ranker", "RecItem", "RecommenderCore",
     "RecommenderError", "Shard", "StateError", "TextEncoder", "TorchScriptImageEncoder", "UserState", "ZeroVector",
     "as_unit_matrix", "as_unit_vector", "image_text", "refresh_batches",

@@ -13,7 +13,8 @@ What one positive event does (``learn``), in this order, all from the state *bef
    the scorer trains to put the chosen image first among them (one step every ``batch_groups`` groups);
    the collaborative item embeddings take a step on every engagement (:mod:`models.itemvec`);
 2. count co-visitation (every engagement weighs 1) between the image and the user's recent engaged
-   images, popularity (weighted by the action's strength) and engagement statistics;
+   images, popularity (weighted by the action's strength) and engagement statistics; every interaction
+   (skips too) with the user's history before it goes to the item-to-item linear model (:mod:`models.ease`);
 3. update the user's interest vectors / recent / seen sets (:mod:`models.interest`).
 
 Everything is deterministic given ``seed`` and the order of calls: the only randomness is a NumPy
@@ -50,6 +51,7 @@ import numpy as np
 import orjson
 
 from .covisit import CoVisitation
+from .ease import ItemLinear
 from .serial import rng_state, set_rng_state
 from .errors import ConfigError, StateError
 from .index import ImageIndex
@@ -62,13 +64,13 @@ from .scorer import OnlineScorer
 from .state import UserState
 from .vectors import as_unit_vector
 
-MODEL_VERSION = "interest-mi3/covisit2/collab1/ranker-online2"
+MODEL_VERSION = "interest-mi3/covisit2/collab1/linear1/ranker-online3"
 
 
 #: The core's attributes learned from behaviour and shared across users: one :class:`Shard`.
 SHARD_FIELDS = (
     "popularity", "popularity_long", "engagement_all", "engagement_pos", "covisit", "covisit_seq", "embeddings",
-    "scorer", "_rng", "_now", "_served", "_served_ids", "_skipped",
+    "item_linear", "scorer", "_rng", "_now", "_served", "_served_ids", "_skipped",
 )
 
 
@@ -127,6 +129,7 @@ class RecommenderCore:
         popularity_long: DecayedCounts | None = None,
         scorer: OnlineScorer | None = None,
         embeddings: ItemEmbeddings | None = None,
+        item_linear: ItemLinear | None = None,
         seed: int = 0,
         learn_ranker: bool = True,
         max_negatives: int = 512,
@@ -159,6 +162,9 @@ class RecommenderCore:
         self.covisit_seq = covisit_seq if covisit_seq is not None else CoVisitation(
             window=3, gamma=0.5, query_items=3, registry=reg)
         self.embeddings = embeddings if embeddings is not None else ItemEmbeddings(seed=seed, registry=reg)
+        self.item_linear = item_linear if item_linear is not None else ItemLinear(registry=reg)
+        if self.item_linear.registry is not reg and not len(self.item_linear):
+            self.item_linear.attach(reg)  # a configured but empty model (build_core): ids shared with the ranker
         if scorer is None:
             scorer = self.ranker.scorer if self.ranker.scorer is not None else OnlineScorer(
                 N_FEATURES, prior=prior_vector(), seed=seed, max_group=max_negatives + 8,
@@ -254,6 +260,7 @@ class RecommenderCore:
                 self.covisit.forget(d)
                 self.covisit_seq.forget(d)
                 self.embeddings.forget(d)
+                self.item_linear.forget(d)
             self.mirror.remove(dels)
             self.mirror.synced = self.index.mutations
             self._fresh = None
@@ -280,7 +287,7 @@ class RecommenderCore:
         self._sync_mirror()
         return Signals(
             self.index, self.popularity, covisit=self.covisit, covisit_seq=self.covisit_seq,
-            popularity_long=self.popularity_long, embeddings=self.embeddings,
+            popularity_long=self.popularity_long, embeddings=self.embeddings, linear=self.item_linear,
             engagement_all=self.engagement_all, engagement_pos=self.engagement_pos, registry=self.registry, now=self.now if now is None else now, fresh=self._fresh_list(), mirror=self.mirror,
         )
 
@@ -319,6 +326,7 @@ class RecommenderCore:
             if self.learn_ranker:
                 self._train(state, image_id, strength, ts)
             self.engagement_all.learn(image_id, 1.0, ts)
+            self.item_linear.learn(state.seen, image_id, ts)  # every interaction, with the history before it
             if strength >= self.train_min_strength:
                 self.engagement_pos.learn(image_id, 1.0, ts)
             if strength > 0:
@@ -449,7 +457,8 @@ class RecommenderCore:
         return orjson.dumps({
             "v": self.model_version, "now": self._now, "rng": rng_state(self._rng),
             "covisit": self.covisit.to_bytes().decode(), "covisit_seq": self.covisit_seq.to_bytes().decode(),
-            "embeddings": self.embeddings.to_bytes().decode(), "scorer": self.scorer.to_bytes().decode(),
+            "embeddings": self.embeddings.to_bytes().decode(), "item_linear": self.item_linear.to_bytes().decode(),
+            "scorer": self.scorer.to_bytes().decode(),
             "popularity": _pop_to(self.popularity), "popularity_long": self.popularity_long.to_dict(),
             "engagement_all": self.engagement_all.to_dict(), "engagement_pos": self.engagement_pos.to_dict(),
             "registry": self.registry.names,
@@ -471,6 +480,7 @@ class RecommenderCore:
         self.covisit = CoVisitation.from_bytes(d["covisit"].encode(), reg)
         self.covisit_seq = CoVisitation.from_bytes(d["covisit_seq"].encode(), reg)
         self.embeddings = ItemEmbeddings.from_bytes(d["embeddings"].encode(), reg)
+        self.item_linear = ItemLinear.from_bytes(d["item_linear"].encode(), reg)
         self.scorer = OnlineScorer.from_bytes(d["scorer"].encode())
         self.popularity = _pop_from(d["popularity"])
         self.popularity.attach(reg)

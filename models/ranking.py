@@ -1,11 +1,12 @@
 """Top-K ranking: multi-source candidates, candidate features, a learned scoring function.
 
-For a batch of users :meth:`Ranker.score_batch` gathers candidates from five sources:
+For a batch of users :meth:`Ranker.score_batch` gathers candidates from six sources:
 
 - ``content``: **one** FAISS search holding every interest vector of every warm user in the batch
   (content embeddings: this is also how an image nobody has interacted with yet is found);
 - ``covisit``: neighbours of the user's recent positive images in the shared co-visitation counts;
 - ``collab``: the best images by collaborative-embedding affinity (:mod:`models.itemvec`);
+- ``linear``: the best images by the item-to-item linear model (:mod:`models.ease`);
 - ``trending``: the highest decayed-popularity images;
 - ``fresh``: the newest images of the catalog.
 
@@ -36,6 +37,9 @@ candidate ``x`` of user ``u`` gets the feature vector :data:`FEATURES`:
 ``collab_max``       ``max_j e_{r_j} · e_x`` over the user's last 10 positives (item-to-item, learned)
 ``covisit_long``     ``covisit`` over all of ``recent`` (30) with equal weights: long-term taste
 ``collab_long``      ``collab`` with a slowly decaying user vector (γ = 0.97): long-term taste
+``linear``           the item-to-item linear model's score (:mod:`models.ease`, EASE over the most
+                     active images) from the user's whole interaction history, recent ones weighted up
+``linear_z``         ``linear`` standardised over the user's candidates
 ===================  ===============================================================================
 
 and is scored by an :class:`~models.scorer.OnlineScorer` (a linear prior plus an MLP, trained online
@@ -58,6 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .covisit import CoVisitation, CovisQuery
+from .ease import ItemLinear
 from .index import ImageIndex
 from .itemvec import ItemEmbeddings
 from .popularity import DecayedCounts, Popularity
@@ -69,6 +74,7 @@ FEATURES = (
     "content_max", "content_mean", "negative", "covisit", "covisit_last", "covisit_seq", "trending",
     "trending_long", "popularity", "fresh", "age", "cold_item", "user_activity", "user_cold", "collab",
     "covisit_rel", "collab_z", "user_pop_taste", "like_rate", "engagement", "collab_max", "covisit_long", "collab_long",
+    "linear", "linear_z",
 )
 N_FEATURES = len(FEATURES)
 F = {name: i for i, name in enumerate(FEATURES)}
@@ -79,7 +85,7 @@ PRIOR = {
     "covisit_seq": 0.3, "trending": 0.5, "trending_long": 0.2, "popularity": 0.2, "fresh": 0.1, "collab": 0.5,
 }
 
-SOURCES = ("covisit", "content", "collab", "trending", "fresh")
+SOURCES = ("covisit", "content", "collab", "linear", "trending", "fresh")
 
 _DAY_MS = 24 * 3600 * 1000.0
 
@@ -115,6 +121,7 @@ class Signals:
     embeddings: ItemEmbeddings | None = None
     engagement_all: DecayedCounts | None = None
     engagement_pos: DecayedCounts | None = None
+    linear: ItemLinear | None = None
     registry: ItemRegistry | None = None  # shared by covisit, embeddings and the counters, if given
     now: int = 0
     fresh: list[tuple[str, int]] | None = None
@@ -156,6 +163,7 @@ class UserQuery:
     covis_long: CovisQuery | None = None
     uvec: np.ndarray | None = None
     uvec_long: np.ndarray | None = None
+    lin: tuple[np.ndarray, np.ndarray] | None = None  # ItemLinear.user_weights of the user's history
     ref: np.ndarray | None = None
 
 
@@ -210,27 +218,29 @@ class Scored:
 
 
 def group_stats(x: np.ndarray) -> np.ndarray:
-    """Per-request statistics the relative features are computed against: (max covisit, mean, std collab)."""
+    """Per-request statistics the relative features are computed against: (max covisit, mean and std of
+    collab, mean and std of linear)."""
     if x.shape[0] == 0:
-        return np.array([0.0, 0.0, 1.0], dtype=np.float32)
-    c = x[:, F["collab"]]
-    return np.array([x[:, F["covisit"]].max(), c.mean(), c.std()], dtype=np.float32)
+        return np.array([0.0, 0.0, 1.0, 0.0, 1.0], dtype=np.float32)
+    c, lin = x[:, F["collab"]], x[:, F["linear"]]
+    return np.array([x[:, F["covisit"]].max(), c.mean(), c.std(), lin.mean(), lin.std()], dtype=np.float32)
 
 
 def group_stats_many(x: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """:func:`group_stats` of every segment ``x[starts[u]:starts[u] + counts[u]]`` at once, (users, 3)."""
-    out = np.tile(np.array([0.0, 0.0, 1.0], dtype=np.float32), (counts.shape[0], 1))
+    """:func:`group_stats` of every segment ``x[starts[u]:starts[u] + counts[u]]`` at once, (users, 5)."""
+    out = np.tile(np.array([0.0, 0.0, 1.0, 0.0, 1.0], dtype=np.float32), (counts.shape[0], 1))
     nz = counts > 0
     if not nz.any():
         return out
     st, cn = starts[nz], counts[nz]
     cov = x[:, F["covisit"]]
-    col = x[:, F["collab"]].astype(np.float64)
-    mean = np.add.reduceat(col, st) / cn
-    dev = col - np.repeat(mean, cn)
     out[nz, 0] = np.maximum.reduceat(cov, st)
-    out[nz, 1] = mean
-    out[nz, 2] = np.sqrt(np.add.reduceat(dev * dev, st) / cn)
+    for col, at in ((F["collab"], 1), (F["linear"], 3)):
+        v = x[:, col].astype(np.float64)
+        mean = np.add.reduceat(v, st) / cn
+        dev = v - np.repeat(mean, cn)
+        out[nz, at] = mean
+        out[nz, at + 1] = np.sqrt(np.add.reduceat(dev * dev, st) / cn)
     return out
 
 
@@ -239,6 +249,7 @@ def relative(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     if ref[0] > 0:
         x[:, F["covisit_rel"]] = x[:, F["covisit"]] / ref[0]
     x[:, F["collab_z"]] = (x[:, F["collab"]] - ref[1]) / max(float(ref[2]), 1e-6)
+    x[:, F["linear_z"]] = (x[:, F["linear"]] - ref[3]) / max(float(ref[4]), 1e-6)
     return x
 
 
@@ -248,6 +259,7 @@ def relative_many(x: np.ndarray, refs: np.ndarray, counts: np.ndarray) -> np.nda
     cov = x[:, F["covisit"]]
     np.divide(cov, r[:, 0], out=x[:, F["covisit_rel"]], where=r[:, 0] > 0)
     x[:, F["collab_z"]] = (x[:, F["collab"]] - r[:, 1]) / np.maximum(r[:, 2], 1e-6)
+    x[:, F["linear_z"]] = (x[:, F["linear"]] - r[:, 3]) / np.maximum(r[:, 4], 1e-6)
     return x
 
 
@@ -311,6 +323,7 @@ class Ranker:
     trending_pool: int = 100
     covisit_pool: int = 100
     collab_pool: int = 50
+    linear_pool: int = 50
     fresh_half_life_ms: float = _DAY_MS
     scorer: OnlineScorer | None = None
     # Weights of the hand-tuned blend of earlier versions; the scorer (its prior, then what it learns)
@@ -329,6 +342,8 @@ class Ranker:
                 q.covis_seq = sig.covisit_seq.query(st.recent)
             if sig.embeddings is not None:
                 q.uvec, q.uvec_long = sig.embeddings.user_vectors(st.recent, (None, 0.97))
+        if st.seen and sig.linear is not None and sig.linear.refits:
+            q.lin = sig.linear.user_weights(st.seen)
         return q
 
     def features(self, st: UserState, ids: list[str], sig: Signals, uq: UserQuery | None = None) -> np.ndarray:
@@ -424,6 +439,8 @@ class Ranker:
                 xu[:, F["covisit_seq"]] = uq.covis_seq.score_idx(sig.idx_for(sig.covisit_seq, iu))[0]
             if sig.covisit is not None and st.recent:
                 xu[:, F["user_pop_taste"]] = float(np.log1p(sig.covisit.masses(st.recent)).mean() / 5.0)
+            if uq.lin is not None:
+                xu[:, F["linear"]] = sig.linear.scores_idx(st.seen, sig.idx_for(sig.linear, iu), uq.lin)
             if uq.uvec is not None:
                 eu = e[lo:hi]
                 rows = emb._rows(st.recent[-10:])
@@ -528,7 +545,12 @@ class Ranker:
                 if sig.covisit.registry is not reg:
                     cov = reg.lookup([sig.covisit.registry.names[i] for i in cov.tolist()])
             content = [get(i, -1) for row in hits[lo:hi] for i, _ in row[:k_own]]
-            parts = (cov, np.asarray(content, dtype=np.int64), collab[u], trending, fresh)
+            lin = _EMPTY
+            if uq.lin is not None and self.linear_pool > 0:
+                lin = sig.linear.top_idx(st.seen, self.linear_pool, sig.idx_for(sig.linear, excl[u]), uq.lin)
+                if sig.linear.registry is not reg:
+                    lin = reg.lookup([sig.linear.registry.names[i] for i in lin.tolist()])
+            parts = (cov, np.asarray(content, dtype=np.int64), collab[u], lin, trending, fresh)
             allc = np.concatenate(parts)
             code = np.repeat(np.arange(len(SOURCES), dtype=np.int8), [p.shape[0] for p in parts])
             _, first = np.unique(allc, return_index=True)

@@ -57,7 +57,7 @@ import orjson
 from faust.streams import _current_event  # the contextvar Table writes read their partition from
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from models import InterestModel, Popularity, Ranker, RecommenderCore, Shard, StateError, UserState, refresh_batches
+from models import InterestModel, ItemLinear, Popularity, Ranker, RecommenderCore, Shard, StateError, UserState, refresh_batches
 from models.encoders import TextEncoder
 from models.index import make_index
 from models.errors import InvalidInput
@@ -89,13 +89,16 @@ def worker_identity(data_dir: Path) -> str:
     return f.read_text().strip()
 
 
-def build_core(s: Settings) -> RecommenderCore:
+def build_core(s: Settings, *, deterministic: bool = False) -> RecommenderCore:
+    """The worker's core from settings; ``deterministic`` (a replay): every refit inline, as in replayable mode."""
     core = RecommenderCore(
         dim=s.dim, k=s.k,
         interest=InterestModel(dim=s.dim, max_interests=s.max_interests, seen_cap=s.seen_window,
                                half_life_ms=s.interest_half_life_h * 3600e3),
         ranker=Ranker(k=s.k), popularity=Popularity(half_life_ms=s.trending_half_life_h * 3600e3),
         index=make_index(s.dim, s.index_kind), replayable=s.replayable,
+        # Off the event loop by default; inline (deterministic) where results must equal a replay.
+        item_linear=ItemLinear(s.linear_head, refit_every=s.linear_refit_every, background=not (s.replayable or deterministic)),
     )
     return core
 

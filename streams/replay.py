@@ -32,7 +32,7 @@ class Replay:
     shards: dict[int, Shard] = field(default_factory=dict)  # replayable mode: by partition
 
     def __post_init__(self) -> None:
-        self.core = build_core(self.s)
+        self.core = build_core(self.s, deterministic=True)
 
     def image(self, key: bytes | None, value: bytes | None, offset: int) -> None:
         try:

@@ -28,7 +28,9 @@ MODES = pytest.mark.parametrize("replayable", [False, True], ids=["default", "re
 
 
 def _ready_workload(make_settings, start_worker, **overrides):
-    s = make_settings(**overrides)
+    # Refit the item-to-item linear model every 100 interactions (default 2,000), so that it is part of
+    # every result compared: in replayable mode its refits must land on the same events as in the replay.
+    s = make_settings(**{"linear_refit_every": 100, **overrides})
     sync_ensure_topics(s)
     wl = Workload(s)
     wl.produce_images()

@@ -132,3 +132,41 @@ def test_cold_user_gets_trending_and_fresh(replayed):
     items = core.recommend([core.new_state("brand-new")])[0]
     assert len(items) == 5
     assert {i.source for i in items} <= {"trending", "fresh", "covisit", "collab", "content"}
+
+
+def test_item_linear_model_feeds_the_ranker_and_round_trips():
+    """With refits every 50 interactions the linear model scores candidates, is a candidate source, shares
+    the core's image ids, and its state survives the shared-state snapshot."""
+    from models.ease import ItemLinear
+    from models.ranking import F
+
+    def make(seed):
+        return RecommenderCore(dim=CFG.dim, k=5, seed=seed, item_linear=ItemLinear(256, refit_every=50))
+
+    core = make(0)
+    assert core.item_linear.registry is core.registry
+    states: dict[str, UserState] = {}
+    for r in generate(CFG):
+        if isinstance(r, ImageRecord):
+            core.apply_images([(r.image_id, r.embedding, r.created_at)])
+            continue
+        st = states.get(r.user_id) or core.new_state(r.user_id)
+        states[r.user_id], _ = core.learn(st, image_id=r.image_id, action=r.action, ts=r.ts)
+    assert core.item_linear.refits == 500 // 50 and len(core.item_linear) > 0
+    sts = sorted(states.values(), key=lambda s: s.user_id)
+    scored = core.ranker.score_batch(sts, core.signals(), 5)
+    lin = np.concatenate([sc.features[:, F["linear"]] for sc in scored])
+    assert np.count_nonzero(lin) > 0 and np.all(np.isfinite(lin))
+    for sc in scored:  # the linear model's own top images are all among the candidates (a source)
+        excl = core.registry.lookup(list(sc.state.excluded()))
+        own = core.item_linear.top_idx(sc.state.seen, core.ranker.linear_pool, excl)
+        assert set(own.tolist()) <= set(sc.idx.tolist())
+    assert any(core.item_linear.top_idx(sc.state.seen, 5, np.zeros(0, dtype=np.int64)).size for sc in scored)
+    other = make(7)
+    other.index = core.index
+    other.load_shared_state(core.shared_state_bytes())
+    assert other.item_linear.to_bytes() == core.item_linear.to_bytes()
+    core._served.clear()
+    core._skipped.clear()
+    assert [[(i.image_id, i.score) for i in x] for x in core.recommend(sts)] == \
+        [[(i.image_id, i.score) for i in x] for x in other.recommend(sts)]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from models.covisit import CoVisitation
+from models.ease import ItemLinear
 from models.errors import DimensionMismatch, InvalidInput, StateError
 from models.itemvec import ItemEmbeddings
 from models.scorer import OnlineScorer
@@ -256,3 +257,125 @@ def test_item_embeddings_top_n_uses_an_up_to_date_transposed_copy() -> None:
         uv = rng.normal(size=(5, 8)).astype(np.float32)
         got = emb.top_idx_batch(uv, 10, [np.zeros(0, dtype=np.int64)] * 5)
         assert [g.tolist() for g in got] == fresh(emb, uv, 10), f"step {step}"
+
+
+# ------------------------------------------------------------------------------ item linear (EASE)
+def _train_linear(seed: int, **kw) -> tuple[ItemLinear, dict[str, list[str]]]:
+    kw = {"head": 64, "lam": 5.0, "refit_every": 50, "min_count": 1, **kw}
+    lin = ItemLinear(**kw)
+    hist: dict[str, list[str]] = {}
+    for u, i, ts in _sessions(seed):
+        h = hist.setdefault(u, [])
+        lin.learn(h, i, ts)
+        h.append(i)
+    return lin, hist
+
+
+def test_linear_deterministic_and_finds_planted_blocks():
+    a, hist = _train_linear(0)
+    b, _ = _train_linear(0)
+    assert a.to_bytes() == b.to_bytes()
+    assert a.refits == 400 // 50
+    # u0 draws from block 0 (i000..i009): its best unseen images come from that block, not the others.
+    top = a.top_idx(hist["u0"][-5:], 5, np.zeros(0, dtype=np.int64))
+    names = [a.registry.names[i] for i in top.tolist()]
+    assert names and all(int(n[1:]) < 10 for n in names), names
+    s = a.scores(hist["u0"], ["i001", "i035"])
+    assert s[0] > s[1]
+
+
+def test_linear_round_trip_continues_identically():
+    a, hist = _train_linear(1, refit_every=37)
+    b = ItemLinear.from_bytes(a.to_bytes())
+    for lin in (a, b):
+        for u, i, ts in _sessions(2)[:100]:
+            lin.learn(hist.setdefault(u, []), i, ts)
+    assert a.to_bytes() == b.to_bytes()
+    assert np.array_equal(a.scores(hist["u1"], ["i010", "i011"]), b.scores(hist["u1"], ["i010", "i011"]))
+    with pytest.raises(StateError):
+        ItemLinear.from_bytes(b"{not json")
+
+
+def test_linear_head_is_bounded_rotates_and_forgets():
+    lin = ItemLinear(head=4, lam=1.0, refit_every=10**6, min_count=2)
+    for _ in range(2):  # while slots are free, an image takes one at once
+        lin.learn([], "a", 0)
+        lin.learn(["a"], "b", 0)
+    assert "a" in lin and "b" in lin and len(lin) == 2
+    for n in range(2):  # c, d fill the head
+        lin.learn(["a", "b"], "c", 0)
+        lin.learn(["a", "b"], "d", 0)
+    assert len(lin) == 4
+    lin.learn([], "once", 0)  # the head is full: waits outside
+    for _ in range(6):  # e is hot: admitted at the next refit in place of the weakest
+        lin.learn(["a"], "e", 0)
+    lin.refit()
+    assert "e" in lin and "once" not in lin and len(lin) == 4
+    lin.forget("e")
+    assert "e" not in lin and len(lin) == 3
+    assert float(lin.scores(["a"], ["e"])[0]) == 0.0
+
+
+def test_linear_does_not_mutate_inputs_and_handles_unknown_ids():
+    lin, hist = _train_linear(3)
+    h = list(hist["u2"])
+    ex = np.array([-1, 10**6, 0], dtype=np.int64)
+    ex0 = ex.copy()
+    lin.top_idx(h, 5, ex)
+    lin.scores(h, ["nobody", "i000"])
+    lin.learn(h, "brand-new", 10**9)
+    assert h == hist["u2"] and np.array_equal(ex, ex0)
+    assert lin.scores(["nobody"], ["also-nobody"]).tolist() == [0.0]
+
+
+@pytest.mark.parametrize("kw", [{"head": 1}, {"lam": 0.0}, {"refit_every": 0}, {"recency": 1.5}, {"floor": -1.0}])
+def test_linear_rejects_bad_config(kw):
+    with pytest.raises(ValueError):
+        ItemLinear(**kw)
+
+
+def test_linear_background_refit_matches_inline_and_drops_slots_changed_meanwhile():
+    import threading
+
+    from models import ease
+
+    inline, hist = _train_linear(4, refit_every=10**6)
+    bg, _ = _train_linear(4, refit_every=10**6, background=True)
+    gate = threading.Event()
+    ease._executor().submit(gate.wait)  # hold the refit thread: the solve below queues behind it
+    inline.refit()
+    bg.refit()
+    assert bg._future is not None and bg.refits == 0  # not installed yet: the old (no) weights serve
+    assert bg.scores(hist["u0"], ["i001"]).tolist() == [0.0]
+    bg.forget("i001")  # its slot changes while the solve runs
+    inline.forget("i001")
+    gate.set()
+    bg._future[1].result(timeout=10)
+    bg._poll()  # the next call installs it
+    assert bg.refits == 1 and bg._future is None
+    assert np.array_equal(bg.scores(hist["u0"], ["i002", "i003", "i001"]),
+                          inline.scores(hist["u0"], ["i002", "i003", "i001"]))
+    assert np.array_equal(bg._b, inline._b)
+
+
+def test_linear_matrices_grow_with_the_head_and_new_slots_wait_for_the_next_refit():
+    lin = ItemLinear(head=300, lam=1.0, refit_every=10**6, min_count=1)
+    hist: list[str] = []
+    for n in range(100):
+        lin.learn(hist[-5:], f"i{n}", n)
+        hist.append(f"i{n}")
+    assert lin._g.shape == (128, 128)  # not 300 x 300 up front
+    lin.refit()
+    for n in range(100, 150):
+        lin.learn(hist[-5:], f"i{n}", n)
+        hist.append(f"i{n}")
+    assert lin._g.shape == (256, 256) and lin._b.shape == (128, 128)
+    assert lin.scores(["i148"], ["i149"]).tolist() == [0.0]  # admitted after the refit: not covered yet
+    top = lin.top_idx(["i97", "i98", "i149"], 3, np.zeros(0, dtype=np.int64))
+    names = [lin.registry.names[i] for i in top.tolist()]
+    assert names and all(int(n[1:]) < 100 and n not in ("i97", "i98") for n in names), names  # refit's items
+    back = ItemLinear.from_bytes(lin.to_bytes())
+    assert back.to_bytes() == lin.to_bytes()
+    assert np.array_equal(back.scores(hist[-20:], hist[:50]), lin.scores(hist[-20:], hist[:50]))
+    lin.refit()
+    assert lin._b.shape == (256, 256) and lin.scores(["i148"], ["i149"])[0] > 0
