@@ -30,7 +30,7 @@ Online form, bounded for a catalog of any size:
    ``Σ_j w_j B[s_j, x]`` with ``w_j = floor + recency^(m - j)``: the whole history counts, the latest
    interactions most.
 
-Memory: at most ``2 · head²`` float32 (G and B: 32 MB at the default 2,048), growing with the number of
+Memory: at most ``2 · head²`` float32 (G and B: 8 MB at the default 1,024, 32 MB at 2,048), growing with the number of
 images admitted.
 
 >>> lin = ItemLinear(head=8, lam=1.0, refit_every=6, min_count=1)
@@ -63,7 +63,7 @@ _DAY_MS = 24 * 3600 * 1000.0
 class ItemLinear:
     def __init__(
         self,
-        head: int = 2048,
+        head: int = 1024,
         *,
         lam: float = 200.0,
         refit_every: int = 2000,
