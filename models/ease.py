@@ -116,7 +116,7 @@ class ItemLinear:
 
     # ------------------------------------------------------------------ slots
     def _slots(self, ids: Sequence[str]) -> np.ndarray:
-        """Slots of ``ids`` that are in the head (unknown ids and images outside it are dropped)."""
+        """Slot of each of ``ids``, -1 for ids unknown or outside the head."""
         idx = self.registry.lookup(list(ids))
         return self._slots_idx(idx)
 
@@ -239,15 +239,15 @@ class ItemLinear:
         # Waiting images by interactions since the last refit (ties: smaller registry id), strongest first.
         waiting = sorted(((n, i) for i, n in self._waiting.items() if n >= self.min_count), key=lambda t: (-t[0], t[1]))
         for n, i in waiting:
-            if self._free:
-                self._admit(i)
-                continue
-            mass = np.diag(self._g).copy()
-            weakest = int(np.argmin(mass))
-            if mass[weakest] >= n:
-                break  # every later one is weaker still
-            self._evict(weakest)
-            self._admit(i)
+            if not self._free:
+                mass = np.diag(self._g)
+                weakest = int(np.argmin(mass))
+                if mass[weakest] >= n:
+                    break  # every later one is weaker still
+                self._evict(weakest)
+            # Its interactions so far count as its mass (pairs are counted from now on): a newcomer is not
+            # the "weakest" that the next waiting image displaces.
+            self._g[(slot := self._admit(i)), slot] = float(n)
 
     def forget(self, image_id: str) -> None:
         """Drop a deleted image from the head (and from the waiting list)."""

@@ -311,6 +311,11 @@ def test_linear_head_is_bounded_rotates_and_forgets():
         lin.learn(["a"], "e", 0)
     lin.refit()
     assert "e" in lin and "once" not in lin and len(lin) == 4
+    for _ in range(5):  # two hot newcomers at once: each displaces an old image, not the other newcomer
+        lin.learn(["a"], "f", 1)
+        lin.learn(["a"], "g", 1)
+    lin.refit()
+    assert "e" in lin and "f" in lin and "g" in lin and len(lin) == 4
     lin.forget("e")
     assert "e" not in lin and len(lin) == 3
     assert float(lin.scores(["a"], ["e"])[0]) == 0.0
