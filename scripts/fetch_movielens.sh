@@ -22,6 +22,8 @@ done
 # The README's figures were measured on exactly these files (the ratings, and the metadata the evaluation
 # turns into content vectors) (ml-latest-small is re-released from time to
 # time; a different version gives different figures).
+# Where files.grouplens.org is unreachable, put any copy of these files in .cache/data/<name>/ first
+# (the script then skips the download): the checksums below say whether it is the same data.
 sha256sum -c - <<SUMS
 06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490  $dest/ml-100k/u.data
 6d258d2a03ffd179ade1a5ce725b21cf7a35538f65de1940a311f1dc43ee468e  $dest/ml-latest-small/ratings.csv
