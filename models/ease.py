@@ -115,6 +115,13 @@ class ItemLinear:
         self._slot = np.full(64, -1, dtype=np.int32)
 
     # ------------------------------------------------------------------ slots
+    def _id(self, image_id: str) -> int:
+        """The registry id of ``image_id`` (added if new), with room for it in the id -> slot array."""
+        i = self.registry.add(image_id)
+        if i >= self._slot.shape[0]:
+            self._slot = _grow_slots(self._slot, i + 1)
+        return i
+
     def _slots(self, ids: Sequence[str]) -> np.ndarray:
         """Slot of each of ``ids``, -1 for ids unknown or outside the head."""
         idx = self.registry.lookup(list(ids))
@@ -131,8 +138,6 @@ class ItemLinear:
         cap = self._g.shape[0]
         if slot >= cap:
             self._g = _grown(self._g, min(self.head, max(2 * cap, slot + 1)))
-        if i >= self._slot.shape[0]:
-            self._slot = _grow_slots(self._slot, i + 1)
         self._slot[i] = slot
         self._item[slot] = i
         self._waiting.pop(i, None)
@@ -168,16 +173,13 @@ class ItemLinear:
         self._now = max(self._now, ts)
         if self._last_ts is None:
             self._last_ts = ts
-        i = self.registry.add(image_id)
-        if i >= self._slot.shape[0]:
-            self._slot = _grow_slots(self._slot, i + 1)
+        i = self._id(image_id)
         x = int(self._slot[i])
         if x < 0:
-            n = self._waiting.get(i, 0) + 1
             if self._free:
                 x = self._admit(i)
             else:
-                self._waiting[i] = n
+                self._waiting[i] = self._waiting.get(i, 0) + 1
         if x >= 0:
             h = self._slots(history[-self.history:])
             h = np.unique(h[(h >= 0) & (h != x)])
@@ -362,9 +364,7 @@ class ItemLinear:
                        history=int(hist), recency=rec, floor=floor, background=bool(bg), registry=registry)
             slots = np.asarray(d["slots"], dtype=np.int64)
             for name, slot in zip(d["items"], slots.tolist(), strict=True):
-                i = self.registry.add(name)
-                if i >= self._slot.shape[0]:
-                    self._slot = _grow_slots(self._slot, i + 1)
+                i = self._id(name)
                 self._slot[i] = slot
                 self._item[slot] = i
             self._free = [int(x) for x in d["free"]]
@@ -376,7 +376,7 @@ class ItemLinear:
                 self._b = np.zeros((nb, nb), dtype=np.float32)
                 sb = slots[slots < nb]
                 self._b[np.ix_(sb, sb)] = np.frombuffer(base64.b64decode(d["b"]), dtype="<f4").reshape(sb.size, sb.size)
-            self._waiting = {self.registry.add(name): int(n) for name, n in d["waiting"]}
+            self._waiting = {self._id(name): int(n) for name, n in d["waiting"]}
             self._since, self._last_ts, self._now, self.refits = (int(d["since"]), d["last_ts"], int(d["now"]),
                                                                   int(d["refits"]))
             self.shifted_refits = int(d["shifted"])

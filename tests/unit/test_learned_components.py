@@ -384,3 +384,15 @@ def test_linear_matrices_grow_with_the_head_and_new_slots_wait_for_the_next_refi
     assert np.array_equal(back.scores(hist[-20:], hist[:50]), lin.scores(hist[-20:], hist[:50]))
     lin.refit()
     assert lin._b.shape == (256, 256) and lin.scores(["i148"], ["i149"])[0] > 0
+
+
+def test_linear_round_trip_with_many_images_waiting_outside_a_full_head():
+    lin = ItemLinear(head=2, lam=1.0, refit_every=10**6, min_count=1)
+    lin.learn([], "a", 0)
+    lin.learn(["a"], "b", 0)
+    for n in range(200):  # the head is full: these wait, with registry ids far past the first 64
+        lin.learn(["a"], f"x{n}", 0)
+    back = ItemLinear.from_bytes(lin.to_bytes())
+    back.refit()  # rotation admits restored waiting images
+    lin.refit()
+    assert back.to_bytes() == lin.to_bytes() and len(back) == 2
