@@ -81,6 +81,7 @@ class WorkerProcess:
         self.s = s
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self.ready: dict | None = None  # the /ready answer that ended wait_ready (worker_id, index size then)
 
     def start(self, timeout: float = 90.0) -> WorkerProcess:
         env = {**os.environ, **settings_env(self.s), "PYTHONUNBUFFERED": "1"}
@@ -130,6 +131,7 @@ class WorkerProcess:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
             info = self.ready_info()
             if info and info.get("ready"):
+                self.ready = info
                 return
             time.sleep(0.3)
         raise TimeoutError(f"worker not ready in {timeout}s:\n{self.tail()}")
