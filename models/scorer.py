@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,6 +42,22 @@ from .serial import rng_state, set_rng_state
 from .errors import DimensionMismatch, InvalidInput, StateError
 
 _FORMAT = 1
+
+
+def preload_torch() -> float:
+    """Import torch and the optimizer's lazily imported machinery now; returns the seconds it took.
+
+    :class:`OnlineScorer` imports torch on its first training step, and building its first Adam optimizer
+    imports ``torch._dynamo`` besides: ~3 s together on this box, once per process. In a worker that step
+    runs on the event loop (at the 16th positive event after start-up), where those seconds stall every
+    batch, ``/ready`` and ``/metrics``. A worker calls this while it starts instead (before it consumes);
+    replays and tests keep the lazy import. The tensor it creates is thrown away: no scorer state changes.
+    """
+    t0 = time.perf_counter()
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    return time.perf_counter() - t0
 
 
 class OnlineScorer:

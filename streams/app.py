@@ -57,7 +57,8 @@ import orjson
 from faust.streams import _current_event  # the contextvar Table writes read their partition from
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from models import InterestModel, ItemLinear, Popularity, Ranker, RecommenderCore, Shard, StateError, UserState, refresh_batches
+from models import (InterestModel, ItemLinear, Popularity, Ranker, RecommenderCore, Shard, StateError, UserState,
+                    preload_torch, refresh_batches)
 from models.encoders import TextEncoder
 from models.index import make_index
 from models.errors import InvalidInput
@@ -807,6 +808,8 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
         producer_acks=-1, table_standby_replicas=0, stream_wait_empty=True, logging_config=None,
     )
     pipe = Pipeline(app, s)
+    if pipe.core.learn_ranker:  # before the event loop runs: the scorer's first step would stall it for seconds
+        log.info("torch preloaded for the online scorer in %.1f s", preload_torch())
 
     @app.agent(pipe.behavior_topic, name="behavior")
     async def behavior_agent(stream):
