@@ -857,6 +857,15 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
         await pipe.check_redis()
 
     @app.task
+    async def loop_delay():
+        """Sample how late the loop wakes a short sleep (``reco_event_loop_delay_seconds``)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.1)
+            metrics.LOOP_DELAY.observe(max(0.0, loop.time() - t0 - 0.1))
+
+    @app.task
     async def watchdog():
         """Start the watchdog thread and beat its loop-liveness clock every second from this loop."""
         pipe.watchdog.beat_loop()

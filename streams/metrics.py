@@ -41,6 +41,10 @@ IMAGE_SEARCHABLE = Histogram(
 EVENT_TO_REDIS = Histogram(
     "reco_event_to_redis_seconds", "Time from a behaviour event's Kafka timestamp to its result in Redis",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=REGISTRY)
+LOOP_DELAY = Histogram(
+    "reco_event_loop_delay_seconds", "How late the worker's event loop woke a 0.1 s sleep: time the loop was "
+    "blocked (long batches, imports, GIL-heavy threads); every batch, /ready and /metrics wait that long",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
 BATCH_SIZE = Histogram("reco_batch_size", "Behaviour events per processed batch",
                        buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000), registry=REGISTRY)
 CONSUMER_LAG = Gauge("reco_consumer_lag", "Worker group lag (end offset - committed), per topic/partition",

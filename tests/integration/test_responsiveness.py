@@ -3,7 +3,8 @@
 Readiness probes usually give an endpoint 1 s. The online scorer's first training step used to import
 torch on the event loop (~3 s, more on a busy box): ``/ready`` then took 4.4–4.8 s to answer (measured with
 this test, the preload disabled), and a test reading the worker id from ``/ready`` failed in CI. With the
-preload at start-up the slowest answer here was 63–75 ms.
+preload at start-up the slowest answer here was 63–75 ms. The worker's loop-delay histogram
+(``reco_event_loop_delay_seconds``) saw the same stall: one sample of 4.07 s without the preload.
 """
 
 from __future__ import annotations
@@ -64,3 +65,7 @@ def test_ready_answers_quickly_while_the_first_events_are_learned(make_settings,
     assert not errors, errors[:3]
     assert len(times) > 20
     assert max(times) < LIMIT_S, f"/ready took {max(times):.2f} s (p50 {sorted(times)[len(times) // 2]:.3f} s)"
+    # the worker's own view of it: its loop-delay samples (one per 0.1 s sleep) never saw a 2.5 s stall
+    samples = w.metric("reco_event_loop_delay_seconds_count")
+    assert samples > 10
+    assert w.metric("reco_event_loop_delay_seconds_bucket", le="2.5") == samples
