@@ -590,6 +590,8 @@ class Level:
     lag_mid: int = -1
     mean_batch: float = float("nan")  # project only: events per processed batch (worker metrics)
     worker_p99_ms: float = float("nan")  # project only: reco_event_to_redis_seconds p99 (bucket bound)
+    loop_p99_ms: float = float("nan")  # project only: reco_event_loop_delay_seconds p99 (bucket bound)
+    loop_max_ms: float = float("nan")  # project only: the highest loop-delay bucket bound with a sample in it
 
 
 @dataclass
@@ -842,7 +844,8 @@ class Harness:
                              f"{lv.lag_start}->{lv.lag_end}{'' if lv.sustained else ' GROWING'}; cpu {lv.cpu_pct:.0f}% "
                              f"{lv.cpu_us_per_event:,.0f} us/event, load {lv.load1:.1f} (load generator "
                              f"{lv.bench_cpu_pct:.0f}%, broker {lv.broker_cpu_pct:.0f}%)"
-                             + (f"; worker: {lv.mean_batch:.0f} events/batch, p99 <= {lv.worker_p99_ms:.0f} ms"
+                             + (f"; worker: {lv.mean_batch:.0f} events/batch, p99 <= {lv.worker_p99_ms:.0f} ms, "
+                                f"loop delay p99 <= {lv.loop_p99_ms:.0f} ms, max <= {lv.loop_max_ms:.0f} ms"
                                 if math.isfinite(lv.mean_batch) else ""))
             if name in PROJECT_VARIANTS and cfg.new_images:
                 # idle: first let the worker catch up with what the 90 % level left queued
@@ -979,10 +982,10 @@ class Harness:
         # sustained: at most ~1 s of input queued at the end of the level (+0.5 s: commits trail processing by
         # up to the commit interval); lag_mid is kept for the record
         sustained = lag_end <= rate * 1.5 + 100
-        mean_batch, wp99 = _metrics_delta(m0, m1)
+        mean_batch, wp99, loop_p99, loop_max = _metrics_delta(m0, m1)
         return Level(fraction, rate, achieved, len(lat), _pct(lat, 50), _pct(lat, 95), _pct(lat, 99),
                      lag_start, lag_end, sustained, cpu_per_event, cpu_pct, os.getloadavg()[0], bench_cpu,
-                     broker_cpu, lag_mid if lag_mid is not None else -1, mean_batch, wp99)
+                     broker_cpu, lag_mid if lag_mid is not None else -1, mean_batch, wp99, loop_p99, loop_max)
 
     async def wait_drained(self, admin, cons, group: str, topic: str, timeout_s: float = 120.0) -> tuple[int, int]:
         """Wait (bounded) until the group has no input lag; returns the last (committed, end)."""
@@ -1060,23 +1063,36 @@ def _scrape(port: int | None) -> dict[str, float]:
         return {}
     out = {}
     for line in text.splitlines():
-        if line.startswith(("reco_batch_size_", "reco_event_to_redis_seconds_", "reco_image_")):
+        if line.startswith(("reco_batch_size_", "reco_event_to_redis_seconds_", "reco_image_",
+                            "reco_event_loop_delay_seconds_")):
             head, _, value = line.rpartition(" ")
             out[head] = float(value)
     return out
 
 
-def _metrics_delta(m0: dict, m1: dict) -> tuple[float, float]:
+def _buckets(d: dict, name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of histogram ``name``'s buckets in ``d``, ascending."""
+    return sorted((float("inf") if 'le="+Inf"' in k else float(k.split('le="')[1].split('"')[0]), v)
+                  for k, v in d.items() if k.startswith(f"{name}_bucket"))
+
+
+def _metrics_delta(m0: dict, m1: dict) -> tuple[float, float, float, float]:
+    """Over a level, from the worker's histograms: (mean batch, event->Redis p99 ms, loop-delay p99 ms, the
+    highest loop-delay bucket bound with a sample, ms); percentiles are bucket upper bounds."""
+    nan = float("nan")
     if not m0 or not m1:
-        return float("nan"), float("nan")
+        return nan, nan, nan, nan
     d = {k: m1.get(k, 0.0) - m0.get(k, 0.0) for k in m1}
     n = d.get("reco_batch_size_count", 0.0)
-    mean_batch = d.get("reco_batch_size_sum", 0.0) / n if n else float("nan")
-    buckets = sorted((float("inf") if 'le="+Inf"' in k else float(k.split('le="')[1].split('"')[0]), v)
-                     for k, v in d.items() if k.startswith("reco_event_to_redis_seconds_bucket"))
-    total = buckets[-1][1] if buckets else 0
-    p99 = next((le for le, c in buckets if total and c >= 0.99 * total), float("nan"))
-    return mean_batch, p99 * 1e3
+    mean_batch = d.get("reco_batch_size_sum", 0.0) / n if n else nan
+
+    def p99(buckets: list[tuple[float, float]]) -> float:
+        total = buckets[-1][1] if buckets else 0
+        return next((le for le, c in buckets if total and c >= 0.99 * total), nan) * 1e3
+
+    loop = _buckets(d, "reco_event_loop_delay_seconds")
+    loop_max = next((le for le, c in loop if c >= loop[-1][1]), nan) * 1e3 if loop and loop[-1][1] else nan
+    return mean_batch, p99(_buckets(d, "reco_event_to_redis_seconds")), p99(loop), loop_max
 
 
 def _drain_rate(samples: list[tuple[float, int, float]], n: int) -> tuple[float, float]:

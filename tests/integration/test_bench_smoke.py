@@ -33,4 +33,6 @@ def test_bench_prints_floor_naive_and_project_rows(kafka, redis_server, tmp_path
         assert r["error"] is None, f"{name}: {r['error']}"
         assert r["rate"] > 0 and r["levels"] and r["levels"][0]["probes"] > 0
     assert rows["project"]["new_image_ms"] and res["index"]["kinds"]["hnsw"]["recall@20"] > 0.9
+    lv = rows["project"]["levels"][0]  # the worker's loop-delay histogram, scraped over the level
+    assert lv["loop_p99_ms"] >= 5 and lv["loop_max_ms"] >= lv["loop_p99_ms"]
     assert (tmp_path / "bench.json").exists()
