@@ -3,7 +3,7 @@
 It runs in its own **thread**, so it also notices an event loop that is blocked (a coroutine that never
 yields), which no asyncio task could. Rules, checked every second:
 
-1. Loop liveness: an asyncio task beats ``loop_beat`` every second; no beat for ``stall_timeout_s`` = stalled.
+1. Loop liveness: an asyncio task beats ``loop_beat`` every 0.1 s; no beat for ``stall_timeout_s`` = stalled.
 2. Batch liveness: a batch that started (``batch_started``) must finish or beat (Redis retries beat too)
    within ``stall_timeout_s``.
 3. Input liveness: when the last lag sample said input is pending, some batch must have started within

@@ -103,7 +103,8 @@ def test_lag_report_cli_and_a_worker_catching_up(make_settings, start_worker) ->
               for n in range(N_IMAGES)]
     asyncio.run(produce(s, s.topic_images, images))
     w = start_worker(s)
-    # the /ready answer wait_ready saw: a new poll here can time out while the worker catches up on 2 busy cores
+    # the /ready answer wait_ready saw: a second poll (1 s timeout) can meet the loop busy; in CI it met the
+    # scorer's first-step torch import, a 4 s stall the worker now avoids by preloading torch at start-up
     worker_id = w.ready["worker_id"]
     replica = f"{s.app_id}-index-{worker_id}"
 
