@@ -153,6 +153,14 @@ class Signals:
         names = self.registry.names
         return component.registry.lookup([names[i] for i in idx.tolist()])
 
+    def idx_from(self, component, idx: np.ndarray) -> np.ndarray:
+        """``idx`` (ids of ``component``'s own registry) as ids of :attr:`registry`; the inverse of
+        :meth:`idx_for`."""
+        if component.registry is self.registry:
+            return idx
+        names = component.registry.names
+        return self.registry.lookup([names[i] for i in idx.tolist()])
+
 
 @dataclass
 class UserQuery:
@@ -533,23 +541,19 @@ class Ranker:
                     np.stack([uqs[u].uvec for u in with_u]), self.collab_pool,
                     [sig.idx_for(sig.embeddings, excl[u]) for u in with_u])
                 for u, t in zip(with_u, tops, strict=True):
-                    collab[u] = t if sig.embeddings.registry is reg else reg.lookup(
-                        [sig.embeddings.registry.names[i] for i in t.tolist()])
+                    collab[u] = sig.idx_from(sig.embeddings, t)
         get = reg._int.get
         cands, srcs = [], []
         for u, (st, (lo, hi), k_own) in enumerate(zip(states, spans, own, strict=True)):
             uq = uqs[u]
             cov = _EMPTY
             if uq.covis is not None:
-                cov = uq.covis.top_idx(self.covisit_pool, sig.idx_for(sig.covisit, excl[u]))
-                if sig.covisit.registry is not reg:
-                    cov = reg.lookup([sig.covisit.registry.names[i] for i in cov.tolist()])
+                cov = sig.idx_from(sig.covisit, uq.covis.top_idx(self.covisit_pool, sig.idx_for(sig.covisit, excl[u])))
             content = [get(i, -1) for row in hits[lo:hi] for i, _ in row[:k_own]]
             lin = _EMPTY
             if uq.lin is not None and self.linear_pool > 0:
-                lin = sig.linear.top_idx(st.seen, self.linear_pool, sig.idx_for(sig.linear, excl[u]), uq.lin)
-                if sig.linear.registry is not reg:
-                    lin = reg.lookup([sig.linear.registry.names[i] for i in lin.tolist()])
+                lin = sig.idx_from(sig.linear, sig.linear.top_idx(
+                    st.seen, self.linear_pool, sig.idx_for(sig.linear, excl[u]), uq.lin))
             parts = (cov, np.asarray(content, dtype=np.int64), collab[u], lin, trending, fresh)
             allc = np.concatenate(parts)
             code = np.repeat(np.arange(len(SOURCES), dtype=np.int8), [p.shape[0] for p in parts])
