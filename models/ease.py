@@ -54,7 +54,7 @@ import numpy as np
 import orjson
 
 from .errors import StateError
-from .registry import ItemRegistry
+from .registry import ItemRegistry, grow
 
 _FORMAT = 1
 _DAY_MS = 24 * 3600 * 1000.0
@@ -119,7 +119,7 @@ class ItemLinear:
         """The registry id of ``image_id`` (added if new), with room for it in the id -> slot array."""
         i = self.registry.add(image_id)
         if i >= self._slot.shape[0]:
-            self._slot = _grow_slots(self._slot, i + 1)
+            self._slot = grow(self._slot, i + 1, fill=-1)
         return i
 
     def _slots(self, ids: Sequence[str]) -> np.ndarray:
@@ -432,14 +432,4 @@ def _grown(g: np.ndarray, n: int) -> np.ndarray:
         return g
     out = np.zeros((n, n), dtype=g.dtype)
     out[: g.shape[0], : g.shape[0]] = g
-    return out
-
-
-def _grow_slots(arr: np.ndarray, n: int) -> np.ndarray:
-    """The registry-id -> slot array with room for ``n`` ids (new entries -1), capacity doubling."""
-    cap = max(64, arr.shape[0])
-    while cap < n:
-        cap *= 2
-    out = np.full(cap, -1, dtype=np.int32)
-    out[: arr.shape[0]] = arr
     return out

@@ -53,14 +53,14 @@ class ItemRegistry:
         return np.fromiter((get(i, -1) for i in image_ids), dtype=np.int64, count=len(image_ids))
 
 
-def grow(arr: np.ndarray, n: int) -> np.ndarray:
-    """``arr`` (rows indexed by registry id) with at least ``n`` rows, zero-filled, capacity doubling."""
+def grow(arr: np.ndarray, n: int, fill=0) -> np.ndarray:
+    """``arr`` (rows indexed by registry id) with at least ``n`` rows, new rows ``fill``, capacity doubling."""
     if arr.shape[0] >= n:
         return arr
     cap = max(64, arr.shape[0])
     while cap < n:
         cap *= 2
-    out = np.zeros((cap,) + arr.shape[1:], dtype=arr.dtype)
+    out = np.full((cap,) + arr.shape[1:], fill, dtype=arr.dtype)
     out[: arr.shape[0]] = arr
     return out
 
