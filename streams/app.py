@@ -3,6 +3,8 @@
 Commit protocol (at-least-once end to end; each step's invariant is asserted or enforced where noted):
 
 1. ``take_events`` buffers up to ``batch_max`` behaviour records (or ``batch_within_s``) **without acking**.
+   (It waits ``batch_within_s`` after *every* batch, even when records arrived while the last one was
+   processed, so that wait is idle time per batch and the default is short.)
    Each partition is applied strictly in offset order with no holes (enforced by :class:`OffsetGuard`:
    Faust can drop the record at the committed offset after a rebalance; the guard seeks back to it), which
    is what makes the per-user ``last_offset`` dedup of step 3 exact. Records the guard holds back are

@@ -64,13 +64,15 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("RECO_CACHE_DIR", ROOT / ".cache")) / "bench"
-PIPELINES = ("floor", "naive", "project", "floor+core", "naive+core", "project-whole", "project-flat", "project-fine")
+PIPELINES = ("floor", "naive", "project", "floor+core", "naive+core", "project-whole", "project-flat", "project-fine",
+             "project-w50")
 #: variants of the project's worker, for before/after comparisons in one run
 PROJECT_VARIANTS = {
     "project": {},
     "project-whole": {"RECO_BATCH_SLICE_S": "3600"},  # results published once per batch (before slicing)
     "project-flat": {"RECO_INDEX_KIND": "flat"},  # the exact index (before the HNSW kind)
     "project-fine": {"RECO_BATCH_SLICE_S": "0.03"},  # smaller result slices (latency vs per-slice overhead)
+    "project-w50": {"RECO_BATCH_WITHIN_S": "0.05"},  # the wait to fill a batch before it was cut to 0.01 s
 }
 DEFAULT_PIPELINES = ("floor", "naive", "project", "floor+core")
 ACTIONS_POS = ("view", "click", "like", "save", "share")
@@ -1137,7 +1139,7 @@ def format_report(cfg: BenchConfig, rows: list[Row], micro: dict | None, model: 
         lines.append(s)
     p = by.get("project")
     if p:
-        for other in ("naive", "floor", "naive+core", "floor+core", "project-whole", "project-flat", "project-fine"):
+        for other in ("naive", "floor", "naive+core", "floor+core", *(v for v in PROJECT_VARIANTS if v != "project")):
             o = by.get(other)
             if o and o.rate > 0 and p.rate > 0:
                 lines.append(f"project / {other:<10} = {p.rate / o.rate:6.2f}")

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
 
     # ------------------------------------------------------------------ processing
     batch_max: int = Field(500, ge=1, description="Behaviour events per batch (count): one FAISS search and one Redis pipeline each.")
-    batch_within_s: float = Field(0.05, gt=0, description="Max wait to fill a batch (seconds); bounds added latency.")
+    batch_within_s: float = Field(0.01, gt=0, description="Wait to fill a batch (seconds). Faust waits this long after every batch even when events are already pending, so it is idle time per batch: 0.01 s measured p99 95 ms vs 489 ms (0.05 s) at 160 events/s.")
     batch_slice_s: float = Field(0.03, gt=0, description="Within a batch, results are published in slices of whole users taking about this long to compute (seconds), so early events do not wait for the whole batch; the batch is still acked as a whole. 0.03 s measured p99 207 ms vs 448 ms (0.1 s) at 50 % load.")
     commit_interval_s: float = Field(0.5, gt=0, description="Offset commit interval (seconds); smaller = less redelivery after a crash.")
     replayable: bool = Field(False, description="Results equal a clean replay of the input item for item, after any crash or rebalance: shared signals per partition, learned in offset order, rebuilt from the log on assignment; results refreshed when a partition goes quiet. Costs throughput (flag, see README 'Replayable mode').")

@@ -65,7 +65,7 @@ def make_settings(kafka, redis_server, tmp_path) -> Callable[..., Settings]:
             topic_behavior=f"ub-{tag}", topic_images=f"img-{tag}", topic_catalog=f"cat-{tag}",
             topic_recommendations=f"recs-{tag}", topic_dead_letters=f"dlq-{tag}", redis_key_prefix=f"rec:{tag}:",
             partitions=2, image_partitions=1, dim=16, k=10, encoder="none", data_dir=tmp_path / "worker0",
-            web_port=free_port(), batch_within_s=0.05, commit_interval_s=0.2, snapshot_interval_s=2.0,
+            web_port=free_port(), commit_interval_s=0.2, snapshot_interval_s=2.0,
             broker_session_timeout_s=6.0, broker_rebalance_timeout_s=6.0, log_level="INFO",
         )
         base.update(overrides)
