@@ -14,7 +14,9 @@ What one positive event does (``learn``), in this order, all from the state *bef
    the collaborative item embeddings take a step on every engagement (:mod:`models.itemvec`);
 2. count co-visitation (every engagement weighs 1) between the image and the user's recent engaged
    images, popularity (weighted by the action's strength) and engagement statistics; every interaction
-   (skips too) with the user's history before it goes to the item-to-item linear model (:mod:`models.ease`);
+   (skips too) with the user's history before it goes to the item-to-item linear model (:mod:`models.ease`),
+   and is counted as a session co-visit with the other images of the user's current session (rule 6 of
+   :mod:`models.interest`);
 3. update the user's interest vectors / recent / seen sets (:mod:`models.interest`).
 
 Everything is deterministic given ``seed`` and the order of calls: the only randomness is a NumPy
@@ -64,12 +66,13 @@ from .scorer import OnlineScorer
 from .state import UserState
 from .vectors import as_unit_vector
 
-MODEL_VERSION = "interest-mi3/covisit2/collab1/linear1/ranker-online3"
+MODEL_VERSION = "interest-mi3/covisit3/collab1/linear1/ranker-online4"
 
 
 #: The core's attributes learned from behaviour and shared across users: one :class:`Shard`.
 SHARD_FIELDS = (
-    "popularity", "popularity_long", "engagement_all", "engagement_pos", "covisit", "covisit_seq", "embeddings",
+    "popularity", "popularity_long", "engagement_all", "engagement_pos", "covisit", "covisit_seq", "covisit_session",
+    "embeddings",
     "item_linear", "scorer", "_rng", "_now", "_served", "_served_ids", "_skipped",
 )
 
@@ -161,6 +164,8 @@ class RecommenderCore:
         self.covisit = covisit if covisit is not None else CoVisitation(registry=reg)
         self.covisit_seq = covisit_seq if covisit_seq is not None else CoVisitation(
             window=3, gamma=0.5, query_items=3, registry=reg)
+        # Every interaction (skips too) counted against the other images of the same session, equal weights.
+        self.covisit_session = CoVisitation(window=30, gamma=1.0, query_items=30, query_gamma=1.0, registry=reg)
         self.embeddings = embeddings if embeddings is not None else ItemEmbeddings(seed=seed, registry=reg)
         self.item_linear = item_linear if item_linear is not None else ItemLinear(registry=reg)
         if self.item_linear.registry is not reg and not len(self.item_linear):
@@ -259,6 +264,7 @@ class RecommenderCore:
                 self.engagement_pos.forget(d)
                 self.covisit.forget(d)
                 self.covisit_seq.forget(d)
+                self.covisit_session.forget(d)
                 self.embeddings.forget(d)
                 self.item_linear.forget(d)
             self.mirror.remove(dels)
@@ -287,6 +293,7 @@ class RecommenderCore:
         self._sync_mirror()
         return Signals(
             self.index, self.popularity, covisit=self.covisit, covisit_seq=self.covisit_seq,
+            covisit_session=self.covisit_session,
             popularity_long=self.popularity_long, embeddings=self.embeddings, linear=self.item_linear,
             engagement_all=self.engagement_all, engagement_pos=self.engagement_pos, registry=self.registry, now=self.now if now is None else now, fresh=self._fresh_list(), mirror=self.mirror,
         )
@@ -326,6 +333,7 @@ class RecommenderCore:
             if self.learn_ranker:
                 self._train(state, image_id, strength, ts)
             self.engagement_all.learn(image_id, 1.0, ts)
+            self.covisit_session.learn(self.interest.session_items(state, ts), image_id, 1.0, ts)
             self.item_linear.learn(state.seen, image_id, ts)  # every interaction, with the history before it
             if strength >= self.train_min_strength:
                 self.engagement_pos.learn(image_id, 1.0, ts)
@@ -457,6 +465,7 @@ class RecommenderCore:
         return orjson.dumps({
             "v": self.model_version, "now": self._now, "rng": rng_state(self._rng),
             "covisit": self.covisit.to_bytes().decode(), "covisit_seq": self.covisit_seq.to_bytes().decode(),
+            "covisit_session": self.covisit_session.to_bytes().decode(),
             "embeddings": self.embeddings.to_bytes().decode(), "item_linear": self.item_linear.to_bytes().decode(),
             "scorer": self.scorer.to_bytes().decode(),
             "popularity": _pop_to(self.popularity), "popularity_long": self.popularity_long.to_dict(),
@@ -479,6 +488,7 @@ class RecommenderCore:
         self.mirror.rebuild(self.index)
         self.covisit = CoVisitation.from_bytes(d["covisit"].encode(), reg)
         self.covisit_seq = CoVisitation.from_bytes(d["covisit_seq"].encode(), reg)
+        self.covisit_session = CoVisitation.from_bytes(d["covisit_session"].encode(), reg)
         self.embeddings = ItemEmbeddings.from_bytes(d["embeddings"].encode(), reg)
         self.item_linear = ItemLinear.from_bytes(d["item_linear"].encode(), reg)
         self.scorer = OnlineScorer.from_bytes(d["scorer"].encode())

@@ -15,6 +15,8 @@ Rules (all in event time, never wall-clock time, so a replay gives identical res
 4. Every interacted image joins ``seen`` (bounded FIFO), so it is not recommended again; a positive one
    also joins ``recent`` (bounded FIFO of positives, the query of the co-visitation source).
 5. An event whose image is unknown to the catalog still counts as seen, but cannot move vectors.
+6. Sessions: an event at most ``session_gap_ms`` from the user's previous one continues the user's
+   session (``session`` grows by one), any other starts a new one (``session`` = 1).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class InterestModel:
     hidden_cap: int = 500
     event_id_cap: int = 256
     recent_cap: int = 30
+    session_gap_ms: float = 60_000.0
     action_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ACTION_WEIGHTS))
 
     def __post_init__(self) -> None:
@@ -61,6 +64,8 @@ class InterestModel:
             raise ConfigError("dim, max_interests and the caps must be positive")
         if not self.half_life_ms > 0 or not math.isfinite(self.half_life_ms):
             raise ConfigError(f"half_life_ms must be positive and finite, got {self.half_life_ms!r}")
+        if not self.session_gap_ms >= 0 or not math.isfinite(self.session_gap_ms):
+            raise ConfigError(f"session_gap_ms must be >= 0 and finite, got {self.session_gap_ms!r}")
         unknown = set(self.action_weights) ^ set(ACTIONS)
         if unknown:
             raise ConfigError(f"action_weights must cover exactly {ACTIONS}; differs in {sorted(unknown)}")
@@ -141,14 +146,24 @@ class InterestModel:
             hidden = _bounded(hidden, image_id, self.hidden_cap)
             recent = tuple(r for r in recent if r != image_id)
 
+        seen = _bounded(state.seen, image_id, self.seen_cap)
+        session = min(state.session + 1 if self.in_session(state, ts) else 1, len(seen))
         return state.evolve(
             interests=interests.astype(np.float32), weights=weights.astype(np.float32),
             negative=negative.astype(np.float32), hidden=hidden, recent=recent,
-            seen=_bounded(state.seen, image_id, self.seen_cap),
+            seen=seen, session=session,
             event_ids=_bounded(state.event_ids, event_id, self.event_id_cap) if event_id else state.event_ids,
             last_offset=max(state.last_offset, offset) if offset is not None else state.last_offset,
             version=state.version + 1, updated_ts=max(ts, state.updated_ts),
         )
+
+    def in_session(self, state: UserState, ts: int) -> bool:
+        """Whether an event at ``ts`` continues the session of ``state`` (rule 6)."""
+        return bool(state.session) and abs(ts - state.updated_ts) <= self.session_gap_ms
+
+    def session_items(self, state: UserState, ts: int) -> tuple[str, ...]:
+        """The images an event at ``ts`` shares a session with (oldest first; empty for a new session)."""
+        return state.session_items if self.in_session(state, ts) else ()
 
     @staticmethod
     def already_applied(state: UserState, *, offset: int | None, event_id: str | None) -> bool:

@@ -40,6 +40,9 @@ candidate ``x`` of user ``u`` gets the feature vector :data:`FEATURES`:
 ``linear``           the item-to-item linear model's score (:mod:`models.ease`, EASE over the most
                      active images) from the user's whole interaction history, recent ones weighted up
 ``linear_z``         ``linear`` standardised over the user's candidates
+``session``          co-visitation within sessions (every interaction, skips too, against the other
+                     images of the same session) with the images of the user's latest session
+``session_last``     the same with the last image of that session only
 ===================  ===============================================================================
 
 and is scored by an :class:`~models.scorer.OnlineScorer` (a linear prior plus an MLP, trained online
@@ -74,7 +77,7 @@ FEATURES = (
     "content_max", "content_mean", "negative", "covisit", "covisit_last", "covisit_seq", "trending",
     "trending_long", "popularity", "fresh", "age", "cold_item", "user_activity", "user_cold", "collab",
     "covisit_rel", "collab_z", "user_pop_taste", "like_rate", "engagement", "collab_max", "covisit_long", "collab_long",
-    "linear", "linear_z",
+    "linear", "linear_z", "session", "session_last",
 )
 N_FEATURES = len(FEATURES)
 F = {name: i for i, name in enumerate(FEATURES)}
@@ -117,6 +120,7 @@ class Signals:
     popularity: Popularity
     covisit: CoVisitation | None = None
     covisit_seq: CoVisitation | None = None
+    covisit_session: CoVisitation | None = None
     popularity_long: DecayedCounts | None = None
     embeddings: ItemEmbeddings | None = None
     engagement_all: DecayedCounts | None = None
@@ -169,6 +173,7 @@ class UserQuery:
     covis: CovisQuery | None = None
     covis_seq: CovisQuery | None = None
     covis_long: CovisQuery | None = None
+    covis_session: CovisQuery | None = None
     uvec: np.ndarray | None = None
     uvec_long: np.ndarray | None = None
     lin: tuple[np.ndarray, np.ndarray] | None = None  # ItemLinear.user_weights of the user's history
@@ -350,6 +355,8 @@ class Ranker:
                 q.covis_seq = sig.covisit_seq.query(st.recent)
             if sig.embeddings is not None:
                 q.uvec, q.uvec_long = sig.embeddings.user_vectors(st.recent, (None, 0.97))
+        if sig.covisit_session is not None and st.session:
+            q.covis_session = sig.covisit_session.query(st.session_items)
         if st.seen and sig.linear is not None and sig.linear.refits:
             q.lin = sig.linear.user_weights(st.seen)
         return q
@@ -443,6 +450,9 @@ class Ranker:
                 xu[:, F["covisit"]], xu[:, F["covisit_last"]] = uq.covis.score_idx(sig.idx_for(sig.covisit, iu))
             if uq.covis_long is not None:
                 xu[:, F["covisit_long"]] = uq.covis_long.score_idx(sig.idx_for(sig.covisit, iu))[0]
+            if uq.covis_session is not None:
+                xu[:, F["session"]], xu[:, F["session_last"]] = uq.covis_session.score_idx(
+                    sig.idx_for(sig.covisit_session, iu))
             if uq.covis_seq is not None:
                 xu[:, F["covisit_seq"]] = uq.covis_seq.score_idx(sig.idx_for(sig.covisit_seq, iu))[0]
             if sig.covisit is not None and st.recent:

@@ -16,8 +16,9 @@ Two encodings; :meth:`UserState.from_bytes` reads both, :meth:`UserState.to_byte
                                                   ids, event-id coding (0: JSON list, 1: packed 32-hex ids)
       float32 interests (m*dim), weights (m), negative (dim), little-endian, raw
       event ids: n*16 bytes (coding 1) or nothing (coding 0)
-      orjson: [user_id, seen, hidden, recent, event ids (coding 0) or []]; hidden and recent are given as
-      positions in seen when all their ids are in it (the usual case: every interaction enters seen)
+      orjson: [user_id, seen, hidden, recent, event ids (coding 0) or [], session]; hidden and recent are
+      given as positions in seen when all their ids are in it (the usual case: every interaction enters
+      seen); ``session`` is absent in states written before it existed (read as 0)
 
   Event ids that are all 32 lowercase hex digits (``uuid4().hex``, what the producers send) are packed
   to 16 bytes each. (A full string table over all id lists saved a little more but made encoding 2–8x slower.)
@@ -82,6 +83,8 @@ class UserState:
     - ``last_offset``: highest input offset applied (the dedup guard for redelivered events).
     - ``event_ids``: recent event ids applied (dedup for producer retries that got new offsets).
     - ``version``: count of applied events; ``updated_ts``: event time (ms) of the last one.
+    - ``session``: how many of the last ``seen`` images belong to the user's current session (events at
+      most the interest model's ``session_gap_ms`` apart); :attr:`session_items` lists them.
 
     The vectors are held as float32 and validated on construction (so also by ``evolve`` and
     ``from_bytes``): wrong shapes raise :class:`~models.errors.DimensionMismatch`, NaN/Inf
@@ -102,6 +105,7 @@ class UserState:
     version: int = 0
     updated_ts: int = 0
     recent: tuple[str, ...] = ()
+    session: int = 0
 
     def __post_init__(self) -> None:
         if self.interests is None:
@@ -139,6 +143,12 @@ class UserState:
             raise ZeroVector(f"{who}: an interest vector is all zeros")
 
     @property
+    def session_items(self) -> tuple[str, ...]:
+        """The images of the user's current (latest) session, oldest first."""
+        n = min(max(self.session, 0), len(self.seen))
+        return self.seen[-n:] if n else ()
+
+    @property
     def is_cold(self) -> bool:
         return self.interests.shape[0] == 0
 
@@ -154,7 +164,7 @@ class UserState:
             "f": STATE_FORMAT, "u": self.user_id, "d": self.dim, "m": int(self.interests.shape[0]),
             "i": _enc(self.interests), "w": _enc(self.weights), "n": _enc(self.negative),
             "s": list(self.seen), "h": list(self.hidden), "r": list(self.recent), "e": list(self.event_ids),
-            "o": self.last_offset, "v": self.version, "t": self.updated_ts,
+            "o": self.last_offset, "v": self.version, "t": self.updated_ts, "q": self.session,
         }
 
     def to_bytes(self) -> bytes:
@@ -181,7 +191,7 @@ class UserState:
             np.ascontiguousarray(self.weights, dtype="<f4").tobytes(),
             np.ascontiguousarray(self.negative, dtype="<f4").tobytes(),
             bytes.fromhex(joined) if packed else b"",
-            orjson.dumps((self.user_id, seen, hidden, recent, () if packed else ev)),
+            orjson.dumps((self.user_id, seen, hidden, recent, () if packed else ev, self.session)),
         ))
 
     @classmethod
@@ -193,7 +203,7 @@ class UserState:
             user_id=d["u"], dim=dim, interests=_dec(d["i"], (m, dim)), weights=_dec(d["w"], (m,)),
             negative=_dec(d["n"], (dim,)), seen=tuple(d["s"]), hidden=tuple(d["h"]), recent=tuple(d.get("r", ())),
             event_ids=tuple(d["e"]),
-            last_offset=int(d["o"]), version=int(d["v"]), updated_ts=int(d["t"]),
+            last_offset=int(d["o"]), version=int(d["v"]), updated_ts=int(d["t"]), session=int(d.get("q", 0)),
         )
 
     @classmethod
@@ -209,11 +219,13 @@ class UserState:
         f = np.frombuffer(raw, dtype="<f4", count=m * dim + m + dim, offset=pos).astype(np.float32)
         hexes = raw[pos + n - 16 * ne:pos + n].hex() if packed else ""
         strings = orjson.loads(raw[pos + n:])
-        if not (isinstance(strings, list) and len(strings) == 5 and isinstance(strings[0], str)
-                and all(isinstance(x, list) for x in strings[1:])
+        if not (isinstance(strings, list) and len(strings) in (5, 6) and isinstance(strings[0], str)
+                and all(isinstance(x, list) for x in strings[1:5])
+                and (len(strings) == 5 or (isinstance(strings[5], int) and strings[5] >= 0))
                 and all(isinstance(y, str) for j in (1, 4) for y in strings[j])):
             raise StateError("binary user state: malformed id section")
-        user_id, seen, hidden, recent, events = strings
+        user_id, seen, hidden, recent, events = strings[:5]
+        session = strings[5] if len(strings) == 6 else 0
         hidden, recent = _from_seen(hidden, seen), _from_seen(recent, seen)
         if packed:
             if events:
@@ -224,7 +236,7 @@ class UserState:
         return cls(
             user_id=user_id, dim=dim, interests=f[:m * dim].reshape(m, dim), weights=f[m * dim:m * dim + m],
             negative=f[m * dim + m:], seen=tuple(seen), hidden=tuple(hidden), recent=tuple(recent),
-            event_ids=tuple(events), last_offset=off, version=ver, updated_ts=ts,
+            event_ids=tuple(events), last_offset=off, version=ver, updated_ts=ts, session=session,
         )
 
     @classmethod

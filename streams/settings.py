@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     max_interests: int = Field(3, ge=1, le=16, description="Interest vectors per user (count): multi-taste users.")
     interest_half_life_h: float = Field(168.0, gt=0, description="Interest decay half-life (hours, event time).")
     trending_half_life_h: float = Field(6.0, gt=0, description="Trending decay half-life (hours, event time).")
+    session_gap_s: float = Field(60.0, ge=0, le=86400, description="A pause longer than this ends a user's session (seconds, event time); images of one session are co-visited (the ranker's session features).")
     seen_window: int = Field(500, ge=1, description="Recently interacted images never re-recommended (count per user).")
     linear_head: int = Field(1024, ge=2, le=16384, description="Most active images the item-to-item linear model (EASE) covers (count); memory 2 x head^2 float32 (8 MB at 1024), refit cost O(head^3): ~0.15 s at 1024, ~1 s at 2048 on one core.")
     linear_refit_every: int = Field(2000, ge=1, description="Interactions between refits of the item-to-item linear model (count); each refit is one O(head^3) solve, on a background thread (inline in replayable mode).")

@@ -170,3 +170,33 @@ def test_item_linear_model_feeds_the_ranker_and_round_trips():
     core._skipped.clear()
     assert [[(i.image_id, i.score) for i in x] for x in core.recommend(sts)] == \
         [[(i.image_id, i.score) for i in x] for x in other.recommend(sts)]
+
+
+def test_session_covisitation_counts_every_interaction_within_sessions_only(basis):
+    """Images a user interacts with in one session (skips too) become session neighbours; images of
+    different sessions do not. The ranker's ``session`` features score a candidate against the images of
+    the user's latest session, and the counts survive the shared-state snapshot."""
+    from models.ranking import F
+
+    core = RecommenderCore(dim=16, k=5, seed=0)
+    core.apply_images([(f"i{j}", basis(j % 16), 1) for j in range(8)])
+    gap = int(core.interest.session_gap_ms)
+    a = core.new_state("a")
+    for iid, ts, action in (("i0", 10, "like"), ("i1", 11 + gap, "skip"), ("i2", 20 + gap, "like"),
+                            ("i3", 30 + gap, "like")):
+        a, _ = core.learn(a, image_id=iid, action=action, ts=ts)
+    assert a.session == 3 and a.session_items == ("i1", "i2", "i3")
+    assert set(core.covisit_session.neighbors("i1")) == {"i2", "i3"}  # the skip is counted
+    assert core.covisit_session.neighbors("i0") == {}  # a session of its own
+    assert "i1" not in core.covisit.neighbors("i2"), "positive co-visitation ignores the skip"
+    b = core.new_state("b")
+    b, _ = core.learn(b, image_id="i1", action="view", ts=10 * gap)
+    sc = core.ranker.score_batch([b], core.signals(), 5)[0]
+    rows = {i: sc.features[j] for j, i in enumerate(sc.ids)}
+    assert rows["i2"][F["session"]] > 0 and rows["i3"][F["session"]] > 0
+    assert rows["i2"][F["session_last"]] == rows["i2"][F["session"]]  # one image in b's session
+    assert all(r[F["session"]] == 0 for i, r in rows.items() if i not in ("i2", "i3"))
+    other = RecommenderCore(dim=16, k=5, seed=1)
+    other.index = core.index
+    other.load_shared_state(core.shared_state_bytes())
+    assert other.covisit_session.to_bytes() == core.covisit_session.to_bytes()

@@ -105,6 +105,32 @@ def test_seen_is_a_bounded_fifo(basis) -> None:
     assert st.seen == ("c", "a", "d")
 
 
+def test_sessions_are_runs_of_events_at_most_the_gap_apart(basis) -> None:
+    """Rule 6: an event within ``session_gap_ms`` of the previous one continues the session (skips too);
+    a longer pause starts a new one. ``session_items`` are the images of the latest session."""
+    model = InterestModel(dim=DIM, session_gap_ms=60_000)
+    st = model.new_state("u")
+    assert st.session == 0 and st.session_items == () and model.session_items(st, 0) == ()
+    for iid, ts, action in (("a", 0, "like"), ("b", 30_000, "skip"), ("c", 90_000, "view"),
+                            ("d", 500_000, "like"), ("e", 510_000, "like")):
+        assert model.session_items(st, ts) == (("a", "b") if iid == "c" else ("a",) if iid == "b"
+                                               else ("d",) if iid == "e" else ())
+        st = model.learn_one(st, image_id=iid, action=action, ts=ts, vector=basis(0))
+    assert st.session == 2 and st.session_items == ("d", "e")
+    assert model.in_session(st, 570_000) and not model.in_session(st, 570_001)
+    # An out-of-order event close to the last one belongs to the session; one far before it does not.
+    assert model.in_session(st, 460_000) and not model.in_session(st, 400_000)
+
+
+def test_session_never_outgrows_seen(basis) -> None:
+    model = InterestModel(dim=DIM, seen_cap=3)
+    st = model.new_state("u")
+    for n, iid in enumerate(("a", "b", "a", "c", "d", "e")):
+        st = model.learn_one(st, image_id=iid, action="view", ts=n, vector=None)
+        assert st.session <= len(st.seen)
+    assert st.session == 3 and st.session_items == ("c", "d", "e")
+
+
 def test_event_ids_and_offsets_are_recorded(model) -> None:
     st = model.learn_one(model.new_state("u"), image_id="a", action="view", ts=1, vector=None,
                          offset=41, event_id="e1")
@@ -172,6 +198,7 @@ def test_wrong_vector_dimension_is_rejected(model) -> None:
     {"action_weights": {k: v for k, v in DEFAULT_ACTION_WEIGHTS.items() if k != "save"}},
     {"action_weights": {**DEFAULT_ACTION_WEIGHTS, "poke": 1.0}},
     {"half_life_ms": 0.0}, {"half_life_ms": float("inf")}, {"max_interests": 0}, {"seen_cap": 0},
+    {"session_gap_ms": -1.0}, {"session_gap_ms": float("inf")}, {"session_gap_ms": float("nan")},
 ])
 def test_bad_configuration_fails_at_construction(kwargs) -> None:
     """A bad configuration is a ConfigError when the model is built, never a failure halfway through an event."""

@@ -20,7 +20,8 @@ def assert_identical(a: UserState, b: UserState) -> None:
         assert x.dtype == y.dtype == np.float32, name
         assert x.shape == y.shape, name
         assert x.tobytes() == y.tobytes(), f"{name} differs"
-    for name in ("user_id", "dim", "seen", "hidden", "event_ids", "last_offset", "version", "updated_ts"):
+    for name in ("user_id", "dim", "seen", "hidden", "event_ids", "last_offset", "version", "updated_ts",
+                 "session"):
         assert getattr(a, name) == getattr(b, name), name
     assert a.is_cold == b.is_cold
 
@@ -94,6 +95,28 @@ def test_inconsistent_shapes_raise_state_error(unit_rows) -> None:
         broken = dict(d, **{key: value})
         with pytest.raises(StateError):
             UserState.from_bytes(orjson.dumps(broken))
+
+
+def test_session_round_trips_and_older_states_read_as_no_session(unit_rows) -> None:
+    st = learned(unit_rows).evolve(session=3)
+    assert st.session_items == st.seen[-3:]
+    for raw in (st.to_bytes(), orjson.dumps(st.to_dict())):
+        assert UserState.from_bytes(raw).session == 3
+    # Written before sessions existed: binary with a five-element id section, JSON without "q".
+    raw = st.to_bytes()
+    assert raw.endswith(b",3]")
+    old = UserState.from_bytes(raw[:-3] + b"]")
+    assert old.session == 0 and old.session_items == () and old.seen == st.seen
+    d = st.to_dict()
+    del d["q"]
+    assert UserState.from_bytes(orjson.dumps(d)).session == 0
+
+
+@pytest.mark.parametrize("tail", [b",-1]", b',"3"]', b",3.5]", b",[3]]"])
+def test_a_bad_session_count_is_a_state_error(unit_rows, tail: bytes) -> None:
+    raw = learned(unit_rows).evolve(session=3).to_bytes()
+    with pytest.raises(StateError):
+        UserState.from_bytes(raw[:-3] + tail)
 
 
 def test_json_format_1_still_decodes_to_the_same_state(unit_rows) -> None:
