@@ -36,19 +36,19 @@ def make_images(n: int, dim: int, themes: int = 4, seed: int = 1):
     return recs, theme_of, centres
 
 
-def make_events(users: list[str], theme_of: dict[str, int], n: int, seed: int = 2):
+def make_events(users: list[str], theme_of: dict[str, int], n: int, seed: int = 2, step_ms: int = 10):
     rng = np.random.default_rng(seed)
     images = sorted(theme_of)
     taste = {u: int(rng.integers(4)) for u in users}
     out = []
-    base = int(time.time() * 1000) - n * 10
+    base = int(time.time() * 1000) - n * step_ms
     for j in range(n):
         u = users[int(rng.integers(len(users)))]
         pool = [i for i in images if theme_of[i] == taste[u]] if rng.random() < 0.8 else images
         img = pool[int(rng.integers(len(pool)))]
         action = str(rng.choice(ACTIONS_POS)) if theme_of[img] == taste[u] else str(rng.choice(["skip", "hide"]))
         out.append((u.encode(), orjson.dumps({"user_id": u, "image_id": img, "action": action,
-                                               "ts": base + j * 10, "event_id": f"e{j}"})))
+                                               "ts": base + j * step_ms, "event_id": f"e{j}"})))
     return out, taste
 
 
@@ -142,7 +142,9 @@ def test_worker_results_equal_in_process_core(make_settings, start_worker):
     w = start_worker(s)
     wait_until(lambda: w.metric("reco_index_size") == 60, 30, what="images indexed")
     users = [f"p{i}" for i in range(6)]
-    events, _ = make_events(users, theme_of, 80, seed=4)
+    # 15 s apart: a user's next event comes within the 60 s session gap or after it, so sessions both
+    # continue and end (the session state and the ranker's session features are compared too).
+    events, _ = make_events(users, theme_of, 80, seed=4, step_ms=15_000)
     meta = asyncio.run(produce(s, s.topic_behavior, events))
     client = redis_client(s)
     last_event = {}
@@ -161,6 +163,8 @@ def test_worker_results_equal_in_process_core(make_settings, start_worker):
 
     changelog = asyncio.run(read_all(s, f"{s.app_id}-users-changelog"))
     final = {rec.key.decode(): UserState.from_bytes(rec.value) for rec in changelog}
+    sessions = [(final[u].session, len(final[u].seen)) for u in users]
+    assert any(1 < n < seen for n, seen in sessions), f"no session both continued and ended: {sessions}"
     for u in users:
         assert final[u].same_as(replay.states[u]), f"table state of {u} differs from the in-process replay"
         got = [i["image_id"] for i in client.get(u)["items"]]
