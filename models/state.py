@@ -59,6 +59,15 @@ def _float32(value: object, name: str, user_id: str) -> np.ndarray:
                            reason="bad_state") from None
 
 
+def _session(value: object, strict: bool = True) -> int | None:
+    """A stored session count: a non-negative int (not a bool). Invalid: StateError, or None if not ``strict``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if strict:
+        raise StateError(f"user state: bad session count {value!r}")
+    return None
+
+
 def _from_seen(items: list, seen: list[str]) -> list[str]:
     """``hidden``/``recent`` of format 2: ids, or (when all of them are in ``seen``) positions in ``seen``."""
     if items and not isinstance(items[0], str):
@@ -203,7 +212,7 @@ class UserState:
             user_id=d["u"], dim=dim, interests=_dec(d["i"], (m, dim)), weights=_dec(d["w"], (m,)),
             negative=_dec(d["n"], (dim,)), seen=tuple(d["s"]), hidden=tuple(d["h"]), recent=tuple(d.get("r", ())),
             event_ids=tuple(d["e"]),
-            last_offset=int(d["o"]), version=int(d["v"]), updated_ts=int(d["t"]), session=int(d.get("q", 0)),
+            last_offset=int(d["o"]), version=int(d["v"]), updated_ts=int(d["t"]), session=_session(d.get("q", 0)),
         )
 
     @classmethod
@@ -221,7 +230,7 @@ class UserState:
         strings = orjson.loads(raw[pos + n:])
         if not (isinstance(strings, list) and len(strings) in (5, 6) and isinstance(strings[0], str)
                 and all(isinstance(x, list) for x in strings[1:5])
-                and (len(strings) == 5 or (isinstance(strings[5], int) and strings[5] >= 0))
+                and (len(strings) == 5 or _session(strings[5], strict=False) is not None)
                 and all(isinstance(y, str) for j in (1, 4) for y in strings[j])):
             raise StateError("binary user state: malformed id section")
         user_id, seen, hidden, recent, events = strings[:5]
