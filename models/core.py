@@ -164,8 +164,10 @@ class RecommenderCore:
         self.covisit = covisit if covisit is not None else CoVisitation(registry=reg)
         self.covisit_seq = covisit_seq if covisit_seq is not None else CoVisitation(
             window=3, gamma=0.5, query_items=3, registry=reg)
-        # Every interaction (skips too) counted against the other images of the same session, equal weights.
-        self.covisit_session = CoVisitation(window=30, gamma=1.0, query_items=30, query_gamma=1.0, registry=reg)
+        # Every interaction (skips too) counted against the last 10 other images of the same session, equal
+        # weights. 30 cost the demo's worker 11 % of its throughput (293 -> 261 events/s at 300/s offered,
+        # p95 <= 2.5 s instead of <= 0.5 s) for +0.0015 recall@20 on the ml-100k tuning window.
+        self.covisit_session = CoVisitation(window=10, gamma=1.0, query_items=10, query_gamma=1.0, registry=reg)
         self.embeddings = embeddings if embeddings is not None else ItemEmbeddings(seed=seed, registry=reg)
         self.item_linear = item_linear if item_linear is not None else ItemLinear(registry=reg)
         if self.item_linear.registry is not reg and not len(self.item_linear):
