@@ -59,13 +59,11 @@ def _float32(value: object, name: str, user_id: str) -> np.ndarray:
                            reason="bad_state") from None
 
 
-def _session(value: object, strict: bool = True) -> int | None:
-    """A stored session count: a non-negative int (not a bool). Invalid: StateError, or None if not ``strict``."""
+def _session(value: object) -> int:
+    """A stored session count: a non-negative int (not a bool); anything else is a StateError."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if strict:
-        raise StateError(f"user state: bad session count {value!r}")
-    return None
+    raise StateError(f"user state: bad session count {value!r}")
 
 
 def _from_seen(items: list, seen: list[str]) -> list[str]:
@@ -230,11 +228,10 @@ class UserState:
         strings = orjson.loads(raw[pos + n:])
         if not (isinstance(strings, list) and len(strings) in (5, 6) and isinstance(strings[0], str)
                 and all(isinstance(x, list) for x in strings[1:5])
-                and (len(strings) == 5 or _session(strings[5], strict=False) is not None)
                 and all(isinstance(y, str) for j in (1, 4) for y in strings[j])):
             raise StateError("binary user state: malformed id section")
         user_id, seen, hidden, recent, events = strings[:5]
-        session = strings[5] if len(strings) == 6 else 0
+        session = _session(strings[5]) if len(strings) == 6 else 0
         hidden, recent = _from_seen(hidden, seen), _from_seen(recent, seen)
         if packed:
             if events:
