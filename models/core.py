@@ -63,16 +63,17 @@ from .popularity import DecayedCounts, Popularity
 from .registry import CatalogMirror, ItemRegistry
 from .ranking import N_FEATURES, Ranker, RecItem, Signals, group_stats, one_blas_thread, prior_vector, relative
 from .scorer import OnlineScorer
+from .stage import StagePopularity
 from .state import UserState
 from .vectors import as_unit_vector
 
-MODEL_VERSION = "interest-mi3/covisit3/collab1/linear1/ranker-online4"
+MODEL_VERSION = "interest-mi3/covisit3/collab1/linear1/stage1/ranker-online5"
 
 
 #: The core's attributes learned from behaviour and shared across users: one :class:`Shard`.
 SHARD_FIELDS = (
     "popularity", "popularity_long", "engagement_all", "engagement_pos", "covisit", "covisit_seq", "covisit_session",
-    "embeddings",
+    "stage_pop", "embeddings",
     "item_linear", "scorer", "_rng", "_now", "_served", "_served_ids", "_skipped",
 )
 
@@ -168,6 +169,8 @@ class RecommenderCore:
         # weights. 30 cost the demo's worker 11 % of its throughput (293 -> 261 events/s at 300/s offered,
         # p95 <= 2.5 s instead of <= 0.5 s) for +0.0015 recall@20 on the ml-100k tuning window.
         self.covisit_session = CoVisitation(window=10, gamma=1.0, query_items=10, query_gamma=1.0, registry=reg)
+        # Interactions per stage of the user's history (models/stage.py), 30-day half-life like engagement.
+        self.stage_pop = StagePopularity(30 * 24 * 3600e3, registry=reg)
         self.embeddings = embeddings if embeddings is not None else ItemEmbeddings(seed=seed, registry=reg)
         self.item_linear = item_linear if item_linear is not None else ItemLinear(registry=reg)
         if self.item_linear.registry is not reg and not len(self.item_linear):
@@ -267,6 +270,7 @@ class RecommenderCore:
                 self.covisit.forget(d)
                 self.covisit_seq.forget(d)
                 self.covisit_session.forget(d)
+                self.stage_pop.forget(d)
                 self.embeddings.forget(d)
                 self.item_linear.forget(d)
             self.mirror.remove(dels)
@@ -295,7 +299,7 @@ class RecommenderCore:
         self._sync_mirror()
         return Signals(
             self.index, self.popularity, covisit=self.covisit, covisit_seq=self.covisit_seq,
-            covisit_session=self.covisit_session,
+            covisit_session=self.covisit_session, stage_pop=self.stage_pop,
             popularity_long=self.popularity_long, embeddings=self.embeddings, linear=self.item_linear,
             engagement_all=self.engagement_all, engagement_pos=self.engagement_pos, registry=self.registry, now=self.now if now is None else now, fresh=self._fresh_list(), mirror=self.mirror,
         )
@@ -336,6 +340,7 @@ class RecommenderCore:
                 self._train(state, image_id, strength, ts)
             self.engagement_all.learn(image_id, 1.0, ts)
             self.covisit_session.learn(self.interest.session_items(state, ts), image_id, 1.0, ts)
+            self.stage_pop.learn(state.version, image_id, ts)  # the stage the user was in when acting
             self.item_linear.learn(state.seen, image_id, ts)  # every interaction, with the history before it
             if strength >= self.train_min_strength:
                 self.engagement_pos.learn(image_id, 1.0, ts)
@@ -467,7 +472,7 @@ class RecommenderCore:
         return orjson.dumps({
             "v": self.model_version, "now": self._now, "rng": rng_state(self._rng),
             "covisit": self.covisit.to_bytes().decode(), "covisit_seq": self.covisit_seq.to_bytes().decode(),
-            "covisit_session": self.covisit_session.to_bytes().decode(),
+            "covisit_session": self.covisit_session.to_bytes().decode(), "stage_pop": self.stage_pop.to_dict(),
             "embeddings": self.embeddings.to_bytes().decode(), "item_linear": self.item_linear.to_bytes().decode(),
             "scorer": self.scorer.to_bytes().decode(),
             "popularity": _pop_to(self.popularity), "popularity_long": self.popularity_long.to_dict(),
@@ -491,6 +496,7 @@ class RecommenderCore:
         self.covisit = CoVisitation.from_bytes(d["covisit"].encode(), reg)
         self.covisit_seq = CoVisitation.from_bytes(d["covisit_seq"].encode(), reg)
         self.covisit_session = CoVisitation.from_bytes(d["covisit_session"].encode(), reg)
+        self.stage_pop = StagePopularity.from_dict(d["stage_pop"], reg)
         self.embeddings = ItemEmbeddings.from_bytes(d["embeddings"].encode(), reg)
         self.item_linear = ItemLinear.from_bytes(d["item_linear"].encode(), reg)
         self.scorer = OnlineScorer.from_bytes(d["scorer"].encode())

@@ -244,6 +244,10 @@ class DecayedCounts:
         if self._vmax is not None and self._v[i] > self._vmax:
             self._vmax = float(self._v[i])
 
+    def advance(self, ts: int) -> None:
+        """Move the event-time clock to ``ts`` (if later) without counting anything: scores decay to it."""
+        self._now = max(self._now, ts)
+
     def forget(self, image_id: str) -> None:
         i = self.registry.get(image_id)
         if i is not None and i < self._v.shape[0]:

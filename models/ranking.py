@@ -43,6 +43,10 @@ candidate ``x`` of user ``u`` gets the feature vector :data:`FEATURES`:
 ``session``          co-visitation within sessions (every interaction, skips too, against the other
                      images of the same session) with the images of the user's latest session
 ``session_last``     the same with the last image of that session only
+``stage_pop``        the image's interactions by users at the same stage of their history (how many
+                     events they had before: 0–4, 5–9, 10–19, …, 300+), relative to the stage's
+                     best image, decayed (:mod:`models.stage`)
+``stage_near``       the same over the user's stage and the two next to it
 ===================  ===============================================================================
 
 and is scored by an :class:`~models.scorer.OnlineScorer` (a linear prior plus an MLP, trained online
@@ -71,13 +75,14 @@ from .itemvec import ItemEmbeddings
 from .popularity import DecayedCounts, Popularity
 from .registry import CatalogMirror, ItemRegistry
 from .scorer import OnlineScorer
+from .stage import StagePopularity
 from .state import UserState
 
 FEATURES = (
     "content_max", "content_mean", "negative", "covisit", "covisit_last", "covisit_seq", "trending",
     "trending_long", "popularity", "fresh", "age", "cold_item", "user_activity", "user_cold", "collab",
     "covisit_rel", "collab_z", "user_pop_taste", "like_rate", "engagement", "collab_max", "covisit_long", "collab_long",
-    "linear", "linear_z", "session", "session_last",
+    "linear", "linear_z", "session", "session_last", "stage_pop", "stage_near",
 )
 N_FEATURES = len(FEATURES)
 F = {name: i for i, name in enumerate(FEATURES)}
@@ -121,6 +126,7 @@ class Signals:
     covisit: CoVisitation | None = None
     covisit_seq: CoVisitation | None = None
     covisit_session: CoVisitation | None = None
+    stage_pop: StagePopularity | None = None
     popularity_long: DecayedCounts | None = None
     embeddings: ItemEmbeddings | None = None
     engagement_all: DecayedCounts | None = None
@@ -453,6 +459,9 @@ class Ranker:
             if uq.covis_session is not None:
                 xu[:, F["session"]], xu[:, F["session_last"]] = uq.covis_session.score_idx(
                     sig.idx_for(sig.covisit_session, iu))
+            if sig.stage_pop is not None:
+                xu[:, F["stage_pop"]], xu[:, F["stage_near"]] = sig.stage_pop.relative(
+                    st.version, sig.idx_for(sig.stage_pop, iu))
             if uq.covis_seq is not None:
                 xu[:, F["covisit_seq"]] = uq.covis_seq.score_idx(sig.idx_for(sig.covisit_seq, iu))[0]
             if sig.covisit is not None and st.recent:

@@ -200,3 +200,35 @@ def test_session_covisitation_counts_every_interaction_within_sessions_only(basi
     other.index = core.index
     other.load_shared_state(core.shared_state_bytes())
     assert other.covisit_session.to_bytes() == core.covisit_session.to_bytes()
+
+
+def test_stage_popularity_counts_each_interaction_at_the_users_stage(basis):
+    """Every interaction (skips too) is counted in the stage of the user's history it happened in; the
+    ``stage_pop`` features score a candidate in the requesting user's stage (``stage_near``: and the stages
+    next to it), and the counts survive the shared-state snapshot."""
+    from models.ranking import F
+    from models.stage import StagePopularity
+
+    core = RecommenderCore(dim=16, k=8, seed=0)
+    core.apply_images([(f"i{j}", basis(j % 16), 1) for j in range(12)])
+    veteran = core.new_state("veteran")
+    for j in range(25):  # 25 events on i10/i11 take the veteran to stage 20-29
+        veteran, _ = core.learn(veteran, image_id=f"i{10 + j % 2}", action="view", ts=1000 + j)
+    veteran, _ = core.learn(veteran, image_id="i5", action="skip", ts=2000)  # counted at 25 events
+    newcomer = core.new_state("newcomer")
+    newcomer, _ = core.learn(newcomer, image_id="i0", action="like", ts=3000)  # counted at 0 events
+    stage = StagePopularity.stage
+    i0, i5 = core.registry.get("i0"), core.registry.get("i5")
+    assert core.stage_pop.counts[stage(0)].scores_idx(np.array([i0, i5])).tolist()[1] == 0
+    assert core.stage_pop.counts[stage(25)].scores_idx(np.array([i5]))[0] > 0
+    fresh = core.new_state("fresh")
+    fresh, _ = core.learn(fresh, image_id="i3", action="view", ts=4000)  # one event: stage 0
+    sc = core.ranker.score_batch([fresh], core.signals(), 10)[0]
+    rows = {i: sc.features[j] for j, i in enumerate(sc.ids)}
+    assert rows["i0"][F["stage_pop"]] > 0 and rows["i0"][F["stage_near"]] > 0
+    assert rows["i5"][F["stage_pop"]] == 0 and rows["i5"][F["stage_near"]] == 0  # a stage far from 0
+    other = RecommenderCore(dim=16, k=8, seed=1)
+    other.index = core.index
+    other.load_shared_state(core.shared_state_bytes())
+    assert other.stage_pop.to_dict() == core.stage_pop.to_dict()
+    assert all(c.registry is other.registry for c in other.stage_pop.counts)

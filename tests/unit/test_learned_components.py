@@ -1,4 +1,5 @@
-"""Properties of the online-learned model components: co-visitation, item embeddings, the scorer.
+"""Properties of the online-learned model components: co-visitation, item embeddings, the scorer, the
+item-to-item linear model and popularity by user stage.
 
 For each: deterministic given a seed and the order of updates, rejects NaN / wrong dimensions, never
 mutates its inputs, and its serialised state round-trips to a component that behaves identically.
@@ -14,6 +15,7 @@ from models.ease import ItemLinear
 from models.errors import DimensionMismatch, InvalidInput, StateError
 from models.itemvec import ItemEmbeddings
 from models.scorer import OnlineScorer
+from models.stage import STAGE_EDGES, StagePopularity
 
 
 def _sessions(seed: int, n_users: int = 12, n_items: int = 40, n_events: int = 400):
@@ -396,3 +398,84 @@ def test_linear_round_trip_with_many_images_waiting_outside_a_full_head():
     back.refit()  # rotation admits restored waiting images
     lin.refit()
     assert back.to_bytes() == lin.to_bytes() and len(back) == 2
+
+
+# ------------------------------------------------------------------------------------ stage popularity
+def _train_stage(seed: int) -> tuple[StagePopularity, dict[str, int]]:
+    """Users of block b act on block b's items once they have 10 events, on block (b + 1) % 4's before."""
+    sp = StagePopularity(half_life_ms=3600e3)
+    events: dict[str, int] = {}
+    for u, i, ts in _sessions(seed):
+        n = events.get(u, 0)
+        sp.learn(n, i, ts)
+        events[u] = n + 1
+    return sp, events
+
+
+def _stage_content(sp: StagePopularity) -> list:
+    return [(c["hl"], c["ref"], c["now"], c["started"], dict(zip(c["names"], c["v"], strict=True)))
+            for c in sp.to_dict()["stages"]]
+
+
+def test_stage_deterministic_and_separates_stages():
+    a, events = _train_stage(1)
+    b, _ = _train_stage(1)
+    assert a.to_dict() == b.to_dict()
+    assert _train_stage(2)[0].to_dict() != a.to_dict()
+    sp = StagePopularity(half_life_ms=1e12)
+    for n in range(40):  # newcomers act on "early", users with 20+ events on "late"
+        sp.learn(n % 5, "early", n)
+        sp.learn(20 + n, "late", n)
+    idx = sp.registry.lookup(["early", "late"])
+    assert sp.relative(0, idx)[0].tolist() == [1.0, 0.0]
+    assert sp.relative(25, idx)[0].tolist() == [0.0, 1.0]
+    # 5-9 events: no count of its own, but stage 0 is next to it
+    own, near = sp.relative(7, idx)
+    assert own.tolist() == [0.0, 0.0] and near[0] > 0 and near[1] == 0
+
+
+def test_stage_round_trip_continues_identically_and_shares_one_registry():
+    a, _ = _train_stage(3)
+    back = StagePopularity.from_dict(a.to_dict())
+    assert _stage_content(back) == _stage_content(a)  # image order in a fresh registry may differ
+    assert all(c.registry is back.registry for c in back.counts)
+    for sp in (a, back):
+        sp.learn(12, "i001", 10**7)
+    idx = a.registry.lookup(["i001", "i002", "zz"])
+    for n in (0, 12, 400):
+        for x, y in zip(a.relative(n, idx), back.relative(n, back.registry.lookup(["i001", "i002", "zz"])), strict=True):
+            assert np.array_equal(x, y)
+
+
+@pytest.mark.parametrize("events", [-1, True, 2.5, "3", None])
+def test_stage_rejects_a_bad_event_count_without_changing_state(events):
+    sp, _ = _train_stage(4)
+    before = sp.to_dict()
+    with pytest.raises(InvalidInput):
+        sp.learn(events, "i001", 10**7)
+    with pytest.raises(InvalidInput):
+        sp.relative(events, np.array([0]))
+    assert sp.to_dict() == before
+
+
+def test_stage_does_not_mutate_inputs_forgets_and_decays():
+    sp = StagePopularity(half_life_ms=1000.0)
+    sp.learn(0, "a", 0)
+    sp.learn(0, "b", 0)
+    sp.learn(0, "b", 0)
+    idx = sp.registry.lookup(["a", "b"])
+    copy = idx.copy()
+    assert sp.relative(0, idx)[0].tolist() == [0.5, 1.0]
+    assert np.array_equal(idx, copy)
+    sp.learn(len(STAGE_EDGES) * 100, "c", 1000)  # another stage: one shared clock, stage 0 decays too
+    assert sp.counts[0].scores_idx(idx).tolist() == [0.5, 1.0]
+    sp.forget("b")
+    assert sp.relative(0, idx)[0].tolist() == [1.0, 0.0]
+
+
+@pytest.mark.parametrize("bad", [{}, {"format": 1}, {"format": 1, "edges": [0, 5], "stages": []},
+                                 {"format": 1, "edges": list(STAGE_EDGES), "stages": [{}]},
+                                 {"format": 1, "edges": list(STAGE_EDGES), "stages": []}, {"format": 9}])
+def test_stage_corrupt_state_is_a_state_error(bad):
+    with pytest.raises(StateError):
+        StagePopularity.from_dict(bad)
