@@ -42,10 +42,6 @@ class StagePopularity:
         self.registry = registry if registry is not None else ItemRegistry()
         self.counts = [DecayedCounts(half_life_ms, self.registry) for _ in STAGE_EDGES]  # validates half_life_ms
 
-    @property
-    def half_life_ms(self) -> float:
-        return self.counts[0].half_life_ms
-
     @staticmethod
     def stage(events: int) -> int:
         """The stage of a user who had ``events`` events (a non-negative int)."""
