@@ -24,6 +24,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$(cat pyproject.toml | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
+  # torch from PyPI brings its CUDA libraries: the finished .venv is ~6 GiB, and pip holds the downloaded
+  # wheels in the temporary folder until it is done (~10 GiB at the peak). Say so up front rather than let
+  # pip stop half-way with "No space left on device".
+  need_kib=$((10 * 1024 * 1024))
+  for dir in . "${TMPDIR:-/tmp}"; do
+    free_kib=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+    if [ -n "$free_kib" ] && [ "$free_kib" -lt "$need_kib" ]; then
+      echo "[bootstrap] WARNING: only $((free_kib / 1024)) MiB free on the file system of $dir;" \
+           "installing the Python dependencies needs about 10 GiB (torch with its CUDA libraries)" >&2
+    fi
+  done
   echo "[bootstrap] installing Python dependencies (torch from PyPI is large: first run takes minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[test]"
