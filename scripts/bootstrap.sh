@@ -29,7 +29,7 @@ if [ ! -f "$stamp" ]; then
   # pip stop half-way with "No space left on device".
   need_kib=$((10 * 1024 * 1024))
   for dir in . "${TMPDIR:-/tmp}"; do
-    free_kib=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+    free_kib=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 {print $4}' || true)
     if [ -n "$free_kib" ] && [ "$free_kib" -lt "$need_kib" ]; then
       echo "[bootstrap] WARNING: only $((free_kib / 1024)) MiB free on the file system of $dir;" \
            "installing the Python dependencies needs about 10 GiB (torch with its CUDA libraries)" >&2
