@@ -97,6 +97,9 @@ class StagePopularity:
             raise StateError(f"corrupt stage popularity: {exc}") from exc
         if len(stages) != len(STAGE_EDGES):
             raise StateError(f"stage popularity has {len(stages)} stages, expected {len(STAGE_EDGES)}")
+        # Invariant (``learn`` advances every stage): one half-life and one event-time clock for all stages.
+        if len({c.half_life_ms for c in stages}) != 1 or len({c._now for c in stages}) != 1:
+            raise StateError("stage popularity stages disagree on the half-life or the event-time clock")
         sp = cls(stages[0].half_life_ms, reg)
         sp.counts = stages
         return sp

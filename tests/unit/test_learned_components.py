@@ -479,3 +479,12 @@ def test_stage_does_not_mutate_inputs_forgets_and_decays():
 def test_stage_corrupt_state_is_a_state_error(bad):
     with pytest.raises(StateError):
         StagePopularity.from_dict(bad)
+
+
+@pytest.mark.parametrize("field, value", [("hl", 1234.0), ("now", 1)])
+def test_stage_snapshot_whose_stages_disagree_on_half_life_or_clock_is_a_state_error(field, value):
+    d = _train_stage(5)[0].to_dict()
+    assert _stage_content(StagePopularity.from_dict(d)) == _stage_content(_train_stage(5)[0])  # untouched: loads
+    d["stages"][3][field] = value
+    with pytest.raises(StateError, match="disagree"):
+        StagePopularity.from_dict(d)
