@@ -15,7 +15,7 @@ import redis as redis_lib
 
 from streams.localstack import KafkaBroker, RedisServer, free_port
 from streams.watchdog import EXIT_STALLED
-from tests.chaos.workload import Workload
+from tests.chaos.workload import Workload, wait_processed_as_orchestrated
 from tests.conftest import wait_until
 from tests.kafka_io import produce, sync_ensure_topics
 
@@ -90,7 +90,7 @@ def test_scale_1_to_3_to_1_with_rebalances(make_settings, start_worker, tmp_path
     for x in others:
         assert x.stop(timeout=30) == 0
     wl.produce_events(2 * n // 3, n)
-    wl.wait_processed(timeout=120)
+    wait_processed_as_orchestrated(wl, w1, start_worker, timeout=120)
     wl.verify()
 
 

@@ -80,3 +80,83 @@ def test_thread_exits_with_the_stall_code():
         time.sleep(0.1)
     w.stop()
     assert exits == [EXIT_STALLED]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The fault tests' stand-in for the orchestrator (tests/chaos/workload.py), with fakes for the worker
+# process and the workload, and a fake clock that each wait advances.
+from types import SimpleNamespace  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.chaos.workload import wait_processed_as_orchestrated  # noqa: E402
+
+
+class FakeWorker:
+    def __init__(self, codes):
+        self.codes = list(codes)  # what proc.poll() returns, one per call; the last one repeats
+        self.proc = SimpleNamespace(poll=self._poll)
+        self.s = SimpleNamespace(stall_timeout_s=60.0)
+
+    def _poll(self):
+        return self.codes.pop(0) if len(self.codes) > 1 else self.codes[0]
+
+    def tail(self, n=60):
+        return "No event received for active tp"
+
+
+class FakeWorkload:
+    """Done after ``done_after`` waits (never when None); a wait that is not done takes its whole timeout."""
+
+    def __init__(self, clock, done_after):
+        self.clock, self.done_after, self.waits = clock, done_after, 0
+
+    def wait_processed(self, timeout):
+        self.waits += 1
+        if self.done_after is not None and self.waits >= self.done_after:
+            return
+        self.clock.t += timeout
+        raise AssertionError("timed out")
+
+
+def _run(first, later=(None,), done_after=3, timeout=120.0, clock=None):
+    clock = clock or Clock()
+    started = []
+
+    def start_worker(s, name):
+        started.append((s, name))
+        return FakeWorker(later)
+
+    w = FakeWorker(first)
+    wl = FakeWorkload(clock, done_after)
+    return w, wait_processed_as_orchestrated(wl, w, start_worker, timeout, clock=clock), started, wl, clock
+
+
+def test_orchestrated_wait_leaves_a_healthy_worker_alone():
+    w, out, started, wl, _ = _run([None])
+    assert out is w and started == [] and wl.waits == 3
+
+
+def test_orchestrated_wait_restarts_a_worker_its_watchdog_stopped_once_with_the_same_settings():
+    with pytest.warns(UserWarning, match="watchdog exit 71"):
+        w, out, started, wl, _ = _run([None, EXIT_STALLED])
+    assert out is not w and len(started) == 1 and started[0][0] is w.s
+
+
+@pytest.mark.filterwarnings("ignore:watchdog exit")
+@pytest.mark.parametrize("first,later,code", [([70], [None], 70), ([EXIT_STALLED], [EXIT_STALLED], EXIT_STALLED),
+                                              ([0], [None], 0)], ids=["crash", "second-stall", "clean-exit"])
+def test_orchestrated_wait_fails_on_any_other_exit_or_a_second_stall(first, later, code):
+    with pytest.raises(AssertionError, match=f"worker exited with {code}"):
+        _run(first, later, done_after=50)
+
+
+def test_orchestrated_wait_times_out_and_a_restart_extends_it_by_the_stall_timeout():
+    clock = Clock()
+    with pytest.raises(AssertionError, match="timed out"):
+        _run([None], done_after=None, timeout=20.0, clock=clock)
+    assert clock.t - 1000.0 == pytest.approx(20.0, abs=5.0)
+    clock = Clock()
+    with pytest.raises(AssertionError, match="timed out"), pytest.warns(UserWarning, match="watchdog exit"):
+        _run([EXIT_STALLED], done_after=None, timeout=20.0, clock=clock)
+    assert clock.t - 1000.0 == pytest.approx(80.0, abs=5.0)
