@@ -180,4 +180,3 @@ def wait_processed_as_orchestrated(wl, w, start_worker, timeout: float, *, clock
         except AssertionError:
             if left <= 5.0:
                 raise
-

@@ -1,6 +1,12 @@
-"""The watchdog's rules with a fake clock (the real-process test is in tests/chaos)."""
+"""The watchdog's rules with a fake clock (the real-process test is in tests/chaos), and the fault tests'
+stand-in for the orchestrator that restarts a worker the watchdog stopped."""
+
+from types import SimpleNamespace
+
+import pytest
 
 from streams.watchdog import EXIT_STALLED, Watchdog
+from tests.chaos.workload import wait_processed_as_orchestrated
 
 
 class Clock:
@@ -85,13 +91,6 @@ def test_thread_exits_with_the_stall_code():
 # ----------------------------------------------------------------------------------------------------------
 # The fault tests' stand-in for the orchestrator (tests/chaos/workload.py), with fakes for the worker
 # process and the workload, and a fake clock that each wait advances.
-from types import SimpleNamespace  # noqa: E402
-
-import pytest  # noqa: E402
-
-from tests.chaos.workload import wait_processed_as_orchestrated  # noqa: E402
-
-
 class FakeWorker:
     def __init__(self, codes):
         self.codes = list(codes)  # what proc.poll() returns, one per call; the last one repeats
