@@ -18,6 +18,7 @@ from tests.conftest import wait_until
 from tests.kafka_io import produce, read_all
 
 POSITIVE = ["view", "click", "like", "save", "share"]
+PROCESSED = "every user's last event reflected in Redis"
 
 
 class Workload:
@@ -59,14 +60,18 @@ class Workload:
             last[k.decode()] = orjson.loads(v)["event_id"]
         return last
 
-    def wait_processed(self, timeout: float = 90.0, upto: int | None = None) -> None:
+    def processed(self, upto: int | None = None):
+        """A check (call it repeatedly) that every user's last event is reflected in Redis."""
         client = RecommendationsClient(self.s.redis_url, prefix=self.s.redis_key_prefix)
         last = self.last_event_ids(upto)
 
-        def done():
+        def done() -> bool:
             got = client.get_many(list(last))
             return all(r is not None and r["trigger"].get("event_id") == last[u] for u, r in got.items())
-        wait_until(done, timeout, interval=0.5, what="every user's last event reflected in Redis")
+        return done
+
+    def wait_processed(self, timeout: float = 90.0, upto: int | None = None) -> None:
+        wait_until(self.processed(upto), timeout, interval=0.5, what=PROCESSED)
 
     def applied_versions(self) -> dict[str, int]:
         out = {}
@@ -151,7 +156,8 @@ class Workload:
                                  f"e.g. (got, expected): {sample}") from None
 
 
-def wait_processed_as_orchestrated(wl, w, start_worker, timeout: float, *, clock=time.monotonic):
+def wait_processed_as_orchestrated(wl, w, start_worker, timeout: float, *, clock=time.monotonic,
+                                   sleep=time.sleep):
     """``wl.wait_processed`` while supervising ``w`` the way the compose stack does (``restart:
     unless-stopped``): a worker whose watchdog exits ``EXIT_STALLED`` is restarted once with the same
     settings, and the wait gets the watchdog's ``stall_timeout_s`` more. Any other exit, or a second
@@ -162,21 +168,19 @@ def wait_processed_as_orchestrated(wl, w, start_worker, timeout: float, *, clock
     watchdog turns that into exit 71 so the orchestrator restarts the worker, which then recovers. What is
     checked afterwards (nothing lost, nothing applied twice) holds across that restart as well.
     """
-    deadline = clock() + timeout
+    done = wl.processed()
+    start, allowed = clock(), timeout
     restarted = False
-    while True:
+    while not done():
         code = w.proc.poll()
         if code is not None:
             assert code == EXIT_STALLED and not restarted, f"worker exited with {code}:\n{w.tail()}"
             warnings.warn(f"watchdog exit {code}, worker restarted as an orchestrator would:\n{w.tail(8)}",
                           stacklevel=2)
             restarted = True
-            deadline += w.s.stall_timeout_s
+            allowed += w.s.stall_timeout_s
             w = start_worker(w.s, name="restarted")
-        left = deadline - clock()
-        try:
-            wl.wait_processed(timeout=max(0.5, min(5.0, left)))
-            return w
-        except AssertionError:
-            if left <= 5.0:
-                raise
+        elif clock() - start >= allowed:
+            raise AssertionError(f"timed out after {allowed:.0f}s waiting for {PROCESSED}")
+        sleep(0.5)
+    return w

@@ -90,7 +90,7 @@ def test_thread_exits_with_the_stall_code():
 
 # ----------------------------------------------------------------------------------------------------------
 # The fault tests' stand-in for the orchestrator (tests/chaos/workload.py), with fakes for the worker
-# process and the workload, and a fake clock that each wait advances.
+# process and the workload, and a fake clock that each sleep advances.
 class FakeWorker:
     def __init__(self, codes):
         self.codes = list(codes)  # what proc.poll() returns, one per call; the last one repeats
@@ -105,17 +105,16 @@ class FakeWorker:
 
 
 class FakeWorkload:
-    """Done after ``done_after`` waits (never when None); a wait that is not done takes its whole timeout."""
+    """Processed at the ``done_after``-th check (never when None)."""
 
-    def __init__(self, clock, done_after):
-        self.clock, self.done_after, self.waits = clock, done_after, 0
+    def __init__(self, done_after):
+        self.done_after, self.waits = done_after, 0
 
-    def wait_processed(self, timeout):
-        self.waits += 1
-        if self.done_after is not None and self.waits >= self.done_after:
-            return
-        self.clock.t += timeout
-        raise AssertionError("timed out")
+    def processed(self):
+        def done():
+            self.waits += 1
+            return self.done_after is not None and self.waits >= self.done_after
+        return done
 
 
 def _run(first, later=(None,), done_after=3, timeout=120.0, clock=None):
@@ -126,9 +125,12 @@ def _run(first, later=(None,), done_after=3, timeout=120.0, clock=None):
         started.append((s, name))
         return FakeWorker(later)
 
+    def sleep(dt):
+        clock.t += dt
+
     w = FakeWorker(first)
-    wl = FakeWorkload(clock, done_after)
-    return w, wait_processed_as_orchestrated(wl, w, start_worker, timeout, clock=clock), started, wl, clock
+    wl = FakeWorkload(done_after)
+    return w, wait_processed_as_orchestrated(wl, w, start_worker, timeout, clock=clock, sleep=sleep), started, wl, clock
 
 
 def test_orchestrated_wait_leaves_a_healthy_worker_alone():
