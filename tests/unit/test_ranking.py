@@ -182,7 +182,16 @@ def test_empty_inputs() -> None:
 
 
 def _as_tuples(recs):
-    return [[(it.image_id, round(it.score, 6), it.source) for it in items] for items in recs]
+    return [[(it.image_id, it.source) for it in items] for items in recs]
+
+
+def _assert_same_recs(got, want) -> None:
+    """Same images, order and sources; scores equal up to float32 rounding. A batch's BLAS products have other
+    shapes than one user's and may round differently in the last bits (``models.core.refresh_batches``), so
+    rounding both to 6 decimals is not a fair check: a score near a rounding boundary failed it."""
+    assert _as_tuples(got) == _as_tuples(want)
+    for g, w in zip(got, want, strict=True):
+        assert [it.score for it in g] == pytest.approx([it.score for it in w], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -192,8 +201,8 @@ def test_batch_equals_per_user_without_popularity_boost(seed: int) -> None:
     sts = list(states.values()) + [core.new_state("cold")]
     batch = ranker.recommend(sts, core.index, core.popularity)
     single = [ranker.recommend([st], core.index, core.popularity)[0] for st in sts]
-    assert _as_tuples(batch) == _as_tuples(single)
-    assert _as_tuples(ranker.recommend(sts[::-1], core.index, core.popularity)) == _as_tuples(single[::-1])
+    _assert_same_recs(batch, single)
+    _assert_same_recs(ranker.recommend(sts[::-1], core.index, core.popularity), single[::-1])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -202,7 +211,7 @@ def test_batch_equals_per_user(seed: int) -> None:
     sts = list(states.values()) + [core.new_state("cold")]
     batch = core.recommend(sts)
     single = [core.recommend([st])[0] for st in sts]
-    assert _as_tuples(batch) == _as_tuples(single)
+    _assert_same_recs(batch, single)
 
 
 def test_batch_equals_per_user_light_and_heavy_user() -> None:
@@ -218,4 +227,4 @@ def test_batch_equals_per_user_light_and_heavy_user() -> None:
     heavy = core.new_state("heavy")
     for n, j in enumerate(range(3, 60)):
         heavy, _ = core.learn(heavy, image_id=ids[j], action="view", ts=3_000 + n)
-    assert _as_tuples(core.recommend([light, heavy]))[0] == _as_tuples(core.recommend([light]))[0]
+    _assert_same_recs(core.recommend([light, heavy])[:1], core.recommend([light]))
