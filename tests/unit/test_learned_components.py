@@ -14,6 +14,7 @@ from models.covisit import CoVisitation
 from models.ease import ItemLinear
 from models.errors import DimensionMismatch, InvalidInput, StateError
 from models.itemvec import ItemEmbeddings
+from models.registry import ItemRegistry
 from models.scorer import OnlineScorer
 from models.stage import STAGE_EDGES, StagePopularity
 
@@ -455,7 +456,67 @@ def test_stage_rejects_a_bad_event_count_without_changing_state(events):
         sp.learn(events, "i001", 10**7)
     with pytest.raises(InvalidInput):
         sp.relative(events, np.array([0]))
+    with pytest.raises(InvalidInput):
+        sp.top_near(events, 5)
     assert sp.to_dict() == before
+
+
+@pytest.mark.parametrize("n", [-1, True, 2.5, "3", None])
+def test_stage_top_near_rejects_a_bad_pool_size(n):
+    sp, _ = _train_stage(4)
+    with pytest.raises(InvalidInput):
+        sp.top_near(0, n)
+
+
+def test_stage_top_near_orders_the_near_stages_counts_deterministically():
+    """``top_near`` ranks by the summed decayed counts of the user's stage and the two next to it (the order
+    of ``stage_near``), keeps only images with counts there, breaks ties by registry id, and survives the
+    snapshot (same names in the same order)."""
+    sp = StagePopularity(half_life_ms=1000.0)
+    for name, events, times in [("own", 12, 3), ("below", 7, 2), ("above", 25, 1), ("far", 400, 9),
+                                ("tie1", 12, 1), ("tie0", 12, 1)]:
+        for _ in range(times):
+            sp.learn(events, name, 0)
+    names = sp.registry.names
+    top = [names[i] for i in sp.top_near(12, 10)]  # stage 10-19 with 5-9 and 20-29
+    assert top == ["own", "below", "above", "tie1", "tie0"]  # tie1 registered first
+    assert [names[i] for i in sp.top_near(12, 2)] == ["own", "below"]
+    assert [names[i] for i in sp.top_near(12, 4)] == ["own", "below", "above", "tie1"]  # the tie cut by id
+    assert sp.top_near(12, 0).shape == (0,) and [names[i] for i in sp.top_near(400, 5)] == ["far"]
+    assert sp.top_near(1000, 5).tolist() == sp.top_near(400, 5).tolist()  # the last, open stage
+    sp.learn(400, "far", 3000)  # 3 half-lives later: the old counts decay, their order does not change
+    assert [names[i] for i in sp.top_near(12, 10)] == top
+    registry = ItemRegistry()  # the core restores its registry first: same ids, so the same tie order
+    for name in names:
+        registry.add(name)
+    back = StagePopularity.from_dict(sp.to_dict(), registry)
+    for events in (0, 12, 25, 400):
+        got = [back.registry.names[i] for i in back.top_near(events, 10)]
+        assert got == [names[i] for i in sp.top_near(events, 10)]
+    sp.forget("own")
+    assert "own" not in [names[i] for i in sp.top_near(12, 10)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stage_top_near_kept_by_learn_equals_a_rebuild_from_the_counts(seed):
+    """The best-first lists that ``learn`` patches give exactly what a rebuild from the counts gives (a copy
+    restored from the snapshot has none), through new images, forgets, stages starting late and decay
+    references that move (event-time jumps of more than 60 half-lives)."""
+    rng = np.random.default_rng(seed)
+    sp = StagePopularity(half_life_ms=1000.0)
+    ts, checks = 0, 0
+    for step in range(3000):
+        ts += int(rng.integers(0, 400)) if rng.random() > 0.002 else 70_000  # a rare jump past 60 half-lives
+        sp.learn(int(rng.choice([0, 3, 6, 12, 25, 40, 60, 90, 120, 170, 250, 400])), f"i{int(rng.zipf(1.3)) % 300}", ts)
+        if rng.random() < 0.01:
+            sp.forget(f"i{int(rng.integers(20))}")
+        if step % 7 == 0:
+            events, n = int(rng.integers(0, 500)), int(rng.choice([1, 5, 20, 100]))
+            got = sp.top_near(events, n)
+            fresh = StagePopularity.from_dict(sp.to_dict(), sp.registry)  # same registry: same ids, no lists
+            assert got.tolist() == fresh.top_near(events, n).tolist(), (step, events, n)
+            checks += 1
+    assert checks > 400 and sp._tops  # the lists were in use, not rebuilt on every call
 
 
 def test_stage_does_not_mutate_inputs_forgets_and_decays():
