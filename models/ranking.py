@@ -1,6 +1,6 @@
 """Top-K ranking: multi-source candidates, candidate features, a learned scoring function.
 
-For a batch of users :meth:`Ranker.score_batch` gathers candidates from six sources:
+For a batch of users :meth:`Ranker.score_batch` gathers candidates from seven sources:
 
 - ``content``: **one** FAISS search holding every interest vector of every warm user in the batch
   (content embeddings: this is also how an image nobody has interacted with yet is found);
@@ -8,9 +8,12 @@ For a batch of users :meth:`Ranker.score_batch` gathers candidates from six sour
 - ``collab``: the best images by collaborative-embedding affinity (:mod:`models.itemvec`);
 - ``linear``: the best images by the item-to-item linear model (:mod:`models.ease`);
 - ``trending``: the highest decayed-popularity images;
-- ``fresh``: the newest images of the catalog.
+- ``fresh``: the newest images of the catalog;
+- ``stage``: the images most acted on by users at the same stage of their history as the user and the
+  two stages next to it (:meth:`models.stage.StagePopularity.top_near`).
 
-Images the user has seen or hidden, and images not in the index (deleted), are dropped. Every remaining
+An image found by several sources is labelled with the first of them in :data:`SOURCES`. Images the user
+has seen or hidden, and images not in the index (deleted), are dropped. Every remaining
 candidate ``x`` of user ``u`` gets the feature vector :data:`FEATURES`:
 
 ===================  ===============================================================================
@@ -93,7 +96,9 @@ PRIOR = {
     "covisit_seq": 0.3, "trending": 0.5, "trending_long": 0.2, "popularity": 0.2, "fresh": 0.1, "collab": 0.5,
 }
 
-SOURCES = ("covisit", "content", "collab", "linear", "trending", "fresh")
+#: Candidate sources, in the order that labels an image several of them found. Append only: a candidate's
+#: source is stored as its position here.
+SOURCES = ("covisit", "content", "collab", "linear", "trending", "fresh", "stage")
 
 _DAY_MS = 24 * 3600 * 1000.0
 
@@ -343,6 +348,7 @@ class Ranker:
     covisit_pool: int = 100
     collab_pool: int = 50
     linear_pool: int = 50
+    stage_pool: int = 100
     fresh_half_life_ms: float = _DAY_MS
     scorer: OnlineScorer | None = None
     # Weights of the hand-tuned blend of earlier versions; the scorer (its prior, then what it learns)
@@ -550,6 +556,12 @@ class Ranker:
         trending = reg.lookup(sig.popularity.top_ids(self.trending_pool) if hasattr(sig.popularity, "top_ids")
                               else [i for i, _ in sig.popularity.top(self.trending_pool)])
         fresh = reg.lookup([i for i, _ in sig.fresh or ()])
+        by_stage: dict[int, np.ndarray] = {}  # one top list per stage in the batch (users share them)
+        if sig.stage_pop is not None and self.stage_pool > 0:
+            for st in states:
+                s = sig.stage_pop.stage(st.version)
+                if s not in by_stage:
+                    by_stage[s] = sig.idx_from(sig.stage_pop, sig.stage_pop.top_near(st.version, self.stage_pool))
         uqs = [self.user_query(st, sig) for st in states]
         excl = [reg.lookup(list(st.excluded())) for st in states]
         collab: list[np.ndarray] = [_EMPTY] * len(states)
@@ -573,7 +585,8 @@ class Ranker:
             if uq.lin is not None and self.linear_pool > 0:
                 lin = sig.idx_from(sig.linear, sig.linear.top_idx(
                     st.seen, self.linear_pool, sig.idx_for(sig.linear, excl[u]), uq.lin))
-            parts = (cov, np.asarray(content, dtype=np.int64), collab[u], lin, trending, fresh)
+            stage = by_stage.get(sig.stage_pop.stage(st.version), _EMPTY) if by_stage else _EMPTY
+            parts = (cov, np.asarray(content, dtype=np.int64), collab[u], lin, trending, fresh, stage)
             allc = np.concatenate(parts)
             code = np.repeat(np.arange(len(SOURCES), dtype=np.int8), [p.shape[0] for p in parts])
             _, first = np.unique(allc, return_index=True)

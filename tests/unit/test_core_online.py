@@ -232,3 +232,28 @@ def test_stage_popularity_counts_each_interaction_at_the_users_stage(basis):
     other.load_shared_state(core.shared_state_bytes())
     assert other.stage_pop.to_dict() == core.stage_pop.to_dict()
     assert all(c.registry is other.registry for c in other.stage_pop.counts)
+
+
+def test_stage_source_brings_what_users_at_the_same_stage_acted_on(basis):
+    """The ``stage`` candidates of a user are the images most acted on at the user's stage and the two next
+    to it, labelled ``stage`` when no earlier source found them; never seen ones, never images acted on only
+    at far stages; none with ``stage_pool=0``."""
+    core = RecommenderCore(dim=16, k=8, seed=0)
+    core.apply_images([(f"i{j}", basis(j % 16), 1) for j in range(12)])
+    core.ranker.trending_pool = 0  # no other source for a user with no positives: only the stage list
+    core.ranker.fresh_pool = 0
+    for n in range(4):  # newcomers (stage 0) skip i0 and view i1; one veteran (stage 20-29) views i9
+        st = core.new_state(f"new{n}")
+        st, _ = core.learn(st, image_id="i0", action="skip", ts=100 + n)
+        st, _ = core.learn(st, image_id="i1", action="view", ts=200 + n)
+    veteran = core.new_state("veteran")
+    for j in range(26):
+        veteran, _ = core.learn(veteran, image_id="i1" if j < 25 else "i9", action="view", ts=1000 + j)
+    user = core.new_state("user")
+    user, _ = core.learn(user, image_id="i1", action="skip", ts=3000)  # one event: stage 0, no positives
+    sc = core.ranker.score_batch([user], core.signals(), 10)[0]
+    assert sc.ids == ["i0"], sc.ids  # i1 is seen; i9 was acted on only at a far stage
+    assert sc.sources == ["stage"]
+    assert [it.image_id for it in core.recommend([user])[0]] == ["i0"]
+    core.ranker.stage_pool = 0
+    assert core.ranker.score_batch([user], core.signals(), 10)[0].ids == []

@@ -9,7 +9,7 @@ from models import ImageIndex, Popularity, Ranker, RecommenderCore, UserState
 
 DIM = 16
 ACTIONS = ("view", "click", "like", "save", "share", "skip", "hide")
-SOURCES = {"content", "covisit", "collab", "linear", "trending", "fresh"}  # models.ranking.SOURCES
+SOURCES = {"content", "covisit", "collab", "linear", "trending", "fresh", "stage"}  # models.ranking.SOURCES
 
 
 def unit(v: np.ndarray) -> np.ndarray:
