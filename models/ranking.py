@@ -556,12 +556,14 @@ class Ranker:
         trending = reg.lookup(sig.popularity.top_ids(self.trending_pool) if hasattr(sig.popularity, "top_ids")
                               else [i for i, _ in sig.popularity.top(self.trending_pool)])
         fresh = reg.lookup([i for i, _ in sig.fresh or ()])
-        by_stage: dict[int, np.ndarray] = {}  # one top list per stage in the batch (users share them)
+        stage_cands = [_EMPTY] * len(states)  # one top list per stage in the batch, shared by its users
         if sig.stage_pop is not None and self.stage_pool > 0:
-            for st in states:
+            by_stage: dict[int, np.ndarray] = {}
+            for u, st in enumerate(states):
                 s = sig.stage_pop.stage(st.version)
                 if s not in by_stage:
                     by_stage[s] = sig.idx_from(sig.stage_pop, sig.stage_pop.top_near(st.version, self.stage_pool))
+                stage_cands[u] = by_stage[s]
         uqs = [self.user_query(st, sig) for st in states]
         excl = [reg.lookup(list(st.excluded())) for st in states]
         collab: list[np.ndarray] = [_EMPTY] * len(states)
@@ -585,8 +587,7 @@ class Ranker:
             if uq.lin is not None and self.linear_pool > 0:
                 lin = sig.idx_from(sig.linear, sig.linear.top_idx(
                     st.seen, self.linear_pool, sig.idx_for(sig.linear, excl[u]), uq.lin))
-            stage = by_stage.get(sig.stage_pop.stage(st.version), _EMPTY) if by_stage else _EMPTY
-            parts = (cov, np.asarray(content, dtype=np.int64), collab[u], lin, trending, fresh, stage)
+            parts = (cov, np.asarray(content, dtype=np.int64), collab[u], lin, trending, fresh, stage_cands[u])
             allc = np.concatenate(parts)
             code = np.repeat(np.arange(len(SOURCES), dtype=np.int8), [p.shape[0] for p in parts])
             _, first = np.unique(allc, return_index=True)
