@@ -87,6 +87,10 @@ class StagePopularity:
             raise InvalidInput(f"events must be a non-negative int, got {events!r}", reason="invalid_stage")
         return bisect.bisect_right(STAGE_EDGES, int(events)) - 1
 
+    def _near(self, g: int) -> range:
+        """Stage ``g`` and the two next to it (``stage_near``'s range; one at the first and the last)."""
+        return range(max(0, g - 1), min(len(self.counts), g + 2))
+
     def learn(self, events: int, image_id: str, ts: int) -> None:
         """One interaction with ``image_id`` at event time ``ts`` by a user who had ``events`` events.
 
@@ -114,7 +118,7 @@ class StagePopularity:
         own = np.zeros(idx.shape[0], dtype=np.float64)
         near = np.zeros(idx.shape[0], dtype=np.float64)
         near_max = 0.0
-        for j in range(max(0, s - 1), min(len(self.counts), s + 2)):
+        for j in self._near(s):
             c = self.counts[j]
             m = c.max()
             if m <= 0:
@@ -146,8 +150,6 @@ class StagePopularity:
                            count=min(int(n), len(top.asc)))
 
     # -------------------------------------------------------------- the per-stage best-first lists
-    def _near(self, g: int) -> range:
-        return range(max(0, g - 1), min(len(self.counts), g + 2))
 
     def _refs(self, g: int) -> tuple[int, ...]:
         return tuple(self.counts[j]._ref_ts for j in self._near(g))
