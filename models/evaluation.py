@@ -30,6 +30,13 @@ Metrics per method: recall@K (= hit rate over positive events), MRR@K, catalog c
 final catalog that appeared in at least one top-K list), and events/s (all events over the time the
 method spent in recommend + learn).
 
+Every report also records how it was run (seed, item-vector kind, and from :func:`evaluate` the rating
+threshold and event limit) and :func:`environment`: the versions of the libraries the model's figures
+depend on. The replay is deterministic given the seed on one install, but BLAS kernels and torch's and
+FAISS's numerics differ in the last bits between releases and CPUs, and the online learner carries such
+differences forward: on another install the same data and seed can move recall@20 by tenths of a point
+(README, "Evaluation").
+
 Library use::
 
     report = run_prequential(load_movielens("u.data"), k=20)
@@ -44,6 +51,8 @@ import argparse
 import hashlib
 import json
 import math
+import os
+import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -66,6 +75,9 @@ from .synthetic import (
 )
 
 DEFAULT_MODEL_DIM = 32
+#: The distributions whose releases change the model's figures (numerics of the scorer, the index, the
+#: text encoder and the products around them), recorded in every report by :func:`environment`.
+VERSIONED = ("numpy", "torch", "faiss-cpu", "sentence-transformers", "transformers")
 TEXT_DIM = 384  # all-MiniLM-L6-v2, the item-vector kind "meta"
 
 
@@ -271,6 +283,24 @@ class ModelMethod:
 
 
 # --------------------------------------------------------------------------------------------- report
+def environment() -> dict:
+    """Python, machine and the installed releases of :data:`VERSIONED` (None where one is missing).
+
+    >>> env = environment()
+    >>> import numpy; env["numpy"] == numpy.__version__
+    True
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    env: dict = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    for name in VERSIONED:
+        try:
+            env[name] = version(name)
+        except PackageNotFoundError:
+            env[name] = None
+    return env
+
+
 @dataclass
 class MethodResult:
     name: str
@@ -308,6 +338,8 @@ class EvalReport:
     results: dict[str, MethodResult]
     test_times: list[int] = field(default_factory=list, repr=False)
     wall_seconds: float = 0.0
+    run: dict = field(default_factory=dict)  # how it was run: seed, item vectors, threshold, limit
+    environment: dict = field(default_factory=dict)  # see environment()
 
     @property
     def best_baseline(self) -> str | None:
@@ -327,6 +359,7 @@ class EvalReport:
             "catalog": self.catalog_size, "wall_seconds": round(self.wall_seconds, 1),
             "best_baseline": self.best_baseline, "lift_over_best_baseline": self.lift(),
             "methods": {n: r.to_dict() for n, r in self.results.items()},
+            "run": dict(self.run), "environment": dict(self.environment),
         }
 
     def to_markdown(self) -> str:
@@ -342,6 +375,12 @@ class EvalReport:
         lift = self.lift()
         if lift is not None:
             lines += ["", f"Model vs strongest baseline ({self.best_baseline}): {lift:+.1%} recall@{self.k}."]
+        if self.run or self.environment:
+            run = ", ".join(f"{k} {v}" for k, v in self.run.items() if v is not None)
+            env = self.environment
+            libs = ", ".join(f"{n} {env[n]}" for n in VERSIONED if env.get(n))
+            where = f"Python {env.get('python')} on {env.get('machine')} ({env.get('cpus')} CPUs)" if env else ""
+            lines += ["", "; ".join(p for p in (run, where, libs) if p) + "."]
         return "\n".join(lines)
 
     def recall_curve(self, bins: int = 30) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -489,6 +528,7 @@ def run_prequential(
     return EvalReport(
         dataset=stream.name, k=k, n_events=n_events, n_tests=len(test_times), catalog_size=len(catalog),
         results=results, test_times=test_times, wall_seconds=time.perf_counter() - t_start,
+        run={"seed": seed, "item_vectors": item_vectors if include_model else None}, environment=environment(),
     )
 
 
@@ -570,10 +610,15 @@ def evaluate(
         stream = synthetic_stream(cfg)
     else:
         stream = load_any(Path(data), fmt, threshold, limit)
-    return run_prequential(
+    report = run_prequential(
         stream, k, item_vectors=item_vectors, model_dim=dim or DEFAULT_MODEL_DIM, seed=seed,
         include_model=include_model, progress=progress,
     )
+    if synthetic:
+        report.run.update(synthetic_events=synthetic_events, synthetic_users=synthetic_users)
+    else:
+        report.run.update(threshold=threshold, limit=limit)
+    return report
 
 
 def main(argv: Iterable[str] | None = None) -> int:

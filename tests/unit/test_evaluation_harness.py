@@ -11,8 +11,10 @@ import pytest
 
 from models.baselines import ItemKNN, MostPopular, RecentPopular
 from models.evaluation import (
+    VERSIONED,
     EvalStream,
     build_parser,
+    evaluate,
     load_any,
     load_movielens,
     main,
@@ -86,6 +88,27 @@ def test_run_prequential_reports_every_method(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError):
         run_prequential(stream, k=0)
+
+
+def test_reports_record_how_they_were_run_and_the_library_releases(tmp_path):
+    """A figure is reproducible only with its seed, data settings and library releases: all are in the report."""
+    import numpy
+    import torch
+
+    u = tmp_path / "u.data"
+    u.write_text(UDATA)
+    rep = evaluate(u, threshold=3.0, limit=3, seed=4, progress=False)
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["run"] == {"seed": 4, "item_vectors": "hash", "threshold": 3.0, "limit": 3}
+    env = d["environment"]
+    assert set(VERSIONED) <= set(env) and env["numpy"] == numpy.__version__
+    assert env["torch"] == torch.__version__.split("+")[0] and env["cpus"] >= 1
+    md = rep.to_markdown()
+    assert "seed 4" in md and f"numpy {numpy.__version__}" in md and "limit 3" in md
+    base = evaluate(u, include_model=False, progress=False)
+    assert base.run["item_vectors"] is None and base.run["threshold"] == 4.0
+    syn = evaluate(synthetic=True, synthetic_events=60, synthetic_users=5, seed=2, include_model=False, progress=False)
+    assert syn.run == {"seed": 2, "item_vectors": None, "synthetic_events": 60, "synthetic_users": 5}
 
 
 def test_first_rating_of_an_item_is_never_a_hit(tmp_path):
