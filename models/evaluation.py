@@ -376,7 +376,7 @@ class EvalReport:
         if lift is not None:
             lines += ["", f"Model vs strongest baseline ({self.best_baseline}): {lift:+.1%} recall@{self.k}."]
         if self.run or self.environment:
-            run = ", ".join(f"{k} {v}" for k, v in self.run.items() if v is not None)
+            run = ", ".join(f"{name} {value}" for name, value in self.run.items() if value is not None)
             env = self.environment
             libs = ", ".join(f"{n} {env[n]}" for n in VERSIONED if env.get(n))
             where = f"Python {env.get('python')} on {env.get('machine')} ({env.get('cpus')} CPUs)" if env else ""
