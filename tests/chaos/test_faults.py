@@ -71,8 +71,7 @@ def test_sigterm_finishes_in_flight_batch_commits_and_exits(make_settings, start
     took = time.monotonic() - t0
     assert code == 0, f"SIGTERM exit code {code}\n{w.tail()}"
     assert took < 15, f"SIGTERM took {took:.1f}s"
-    w2 = start_worker(s, name="after-sigterm")
-    wl.wait_processed()
+    w2 = wait_processed_as_orchestrated(wl, start_worker(s, name="after-sigterm"), start_worker, timeout=90)
     assert w2.metric("reco_duplicate_events_total") == 0, "everything processed before SIGTERM was committed"
     wl.verify()
 

@@ -163,10 +163,14 @@ def wait_processed_as_orchestrated(wl, w, start_worker, timeout: float, *, clock
     settings, and the wait gets the watchdog's ``stall_timeout_s`` more. Any other exit, or a second
     stall, fails. The restart is reported as a warning: it is a finding, not a pass.
 
-    Why: faust's table recovery can hang after a rebalance hands this worker changelog partitions it never
-    held ("No event received for active tp ... since recovery start", reading from offset -1); the
-    watchdog turns that into exit 71 so the orchestrator restarts the worker, which then recovers. What is
-    checked afterwards (nothing lost, nothing applied twice) holds across that restart as well.
+    Why: faust's consumer can stall with input pending, and the watchdog turns that into exit 71 so the
+    orchestrator restarts the worker, which then carries on. Two forms were seen: table recovery hanging
+    after a rebalance hands this worker changelog partitions it never held ("No event received for active
+    tp ... since recovery start", reading from offset -1; the scaling test), and a worker started after a
+    SIGTERM that recovered, took its first batches, then had no batch start for the stall timeout while its
+    partitions lagged (the SIGTERM test, replayable mode, once in a full clean-clone suite run; 10 runs of
+    that test alone passed). What is checked afterwards (nothing lost, nothing applied twice) holds across
+    that restart as well.
     """
     done = wl.processed()
     start, allowed = clock(), timeout
