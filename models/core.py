@@ -67,7 +67,7 @@ from .stage import StagePopularity
 from .state import UserState
 from .vectors import as_unit_vector
 
-MODEL_VERSION = "interest-mi3/covisit3/collab1/linear1/stage1/ranker-online5"
+MODEL_VERSION = "interest-mi3/covisit3/collab1/linear1/stage1/ranker-online6"
 
 
 #: The core's attributes learned from behaviour and shared across users: one :class:`Shard`.

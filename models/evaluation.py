@@ -53,10 +53,12 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,7 @@ class EvalStream:
     positive: Callable[[BehaviourEvent], bool] = field(default=lambda ev: ev.action in POSITIVE_ACTIONS)
     dim: int | None = None  # embedding dimension of the image records; None when there are none
     item_text: dict[str, str] | None = None  # item id -> description (MovieLens metadata), if found
+    item_created: dict[str, int] | None = None  # item id -> release time (ms), if the metadata has one
 
     @property
     def events(self) -> list[BehaviourEvent]:
@@ -159,7 +162,7 @@ def load_movielens(
         BehaviourEvent(f"u{u}", f"m{i}", rating_action(r, threshold, actions), t * 1000, r) for t, _, u, i, r in rows
     ]
     return EvalStream(records, name=path.name, positive=_rating_positive(threshold), dim=None,
-                      item_text=load_item_text(path))
+                      item_text=load_item_text(path), item_created=load_item_created(path))
 
 
 #: Genre flag columns of ml-100k's ``u.item``, in file order (``u.genre``).
@@ -173,9 +176,34 @@ def load_item_text(ratings_path: str | Path) -> dict[str, str] | None:
     image ids (``m<movieId>``): ``"<title (year)>. Genres: a, b."``. ``u.item`` (ml-100k: ``|``-separated,
     latin-1, 19 genre flags) beside ``u.data``; ``movies.csv`` (movieId,title,genres with ``|``) beside
     ``ratings.csv``. None when there is no such file."""
+    rows = _item_metadata(ratings_path) or []
+    return {i: _describe(title, genres) for i, title, genres, _ in rows} or None
+
+
+def load_item_created(ratings_path: str | Path) -> dict[str, int] | None:
+    """When each MovieLens item was released, as epoch milliseconds (UTC), keyed like the events' image ids:
+    the image's ``created_at`` the way a catalog event carries it. ``u.item``'s release date (``01-Jan-1995``);
+    ``movies.csv`` has the year in the title only: 1 July of that year. Items without one are left out; None
+    when none has one (or there is no metadata file)."""
+    rows = _item_metadata(ratings_path) or []
+    return {i: when for i, _, _, when in rows if when is not None} or None
+
+
+_MONTHS = {m: i + 1 for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                                             "Nov", "Dec"))}
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
+def _ms(year: int, month: int, day: int) -> int:
+    return int(datetime(year, month, day, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def _item_metadata(ratings_path: str | Path) -> list[tuple[str, str, list[str], int | None]] | None:
+    """(image id, title, genres, release time in ms or None) of every item in the metadata file beside the
+    ratings file (see :func:`load_item_text`); None when there is none."""
     path = Path(ratings_path)
     uitem, movies = path.with_name("u.item"), path.with_name("movies.csv")
-    out: dict[str, str] = {}
+    out: list[tuple[str, str, list[str], int | None]] = []
     if path.suffix != ".csv" and uitem.is_file():
         with open(uitem, encoding="latin-1") as fh:
             for line in fh:
@@ -184,16 +212,23 @@ def load_item_text(ratings_path: str | Path) -> dict[str, str] | None:
                     continue
                 flags = parts[-len(UITEM_GENRES):]
                 genres = [g for g, f in zip(UITEM_GENRES, flags, strict=True) if f.strip() == "1" and g != "unknown"]
-                out[f"m{parts[0]}"] = _describe(parts[1], genres)
-        return out or None
+                try:
+                    d, mon, y = parts[2].split("-")
+                    when: int | None = _ms(int(y), _MONTHS[mon], int(d))
+                except (ValueError, KeyError):
+                    when = None
+                out.append((f"m{parts[0]}", parts[1], genres, when))
+        return out
     if path.suffix == ".csv" and movies.is_file():
         import csv
 
         with open(movies, encoding="utf-8", newline="") as fh:
             for row in csv.DictReader(fh):
+                title = row.get("title") or ""
                 genres = [g for g in (row.get("genres") or "").split("|") if g and g != "(no genres listed)"]
-                out[f"m{row['movieId']}"] = _describe(row.get("title") or "", genres)
-        return out or None
+                year = _YEAR.search(title.strip())
+                out.append((f"m{row['movieId']}", title, genres, _ms(int(year.group(1)), 7, 1) if year else None))
+        return out
     return None
 
 
@@ -260,8 +295,10 @@ class ModelMethod:
 
     name = "model"
 
-    def __init__(self, core: RecommenderCore, item_vectors: ItemVectors | None = None) -> None:
+    def __init__(self, core: RecommenderCore, item_vectors: ItemVectors | None = None,
+                 created: dict[str, int] | None = None) -> None:
         self.core = core
+        self.created = created or {}
         self.item_vectors = item_vectors
         self.states: dict[str, UserState] = {}
         self.catalog: set[str] = set()
@@ -276,7 +313,8 @@ class ModelMethod:
 
     def learn(self, ev: BehaviourEvent, positive: bool) -> None:
         if ev.image_id not in self.catalog and self.item_vectors is not None:
-            self.core.apply_images([(ev.image_id, self.item_vectors.vector(ev.image_id), ev.ts)])
+            when = min(self.created.get(ev.image_id, ev.ts), ev.ts)
+            self.core.apply_images([(ev.image_id, self.item_vectors.vector(ev.image_id), when)])
             self.catalog.add(ev.image_id)
         st = self.states.get(ev.user_id) or self.core.new_state(ev.user_id)
         self.states[ev.user_id], _ = self.core.learn(st, image_id=ev.image_id, action=ev.action, ts=ev.ts)
@@ -463,7 +501,7 @@ def run_prequential(
             meta_dim = TEXT_DIM if item_vectors == "meta" and not stream.dim else None
             core = default_core(stream.dim or meta_dim or model_dim, k, seed)
         vecs = None if stream.dim else ItemVectors(core.dim, item_vectors, seed, texts=stream.item_text)
-        methods.append(ModelMethod(core, vecs))
+        methods.append(ModelMethod(core, vecs, created=stream.item_created))
     methods += list(default_baselines() if baselines is None else baselines)
     results = {m.name: MethodResult(m.name) for m in methods}
     if len(results) != len(methods):

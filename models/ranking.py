@@ -50,6 +50,10 @@ candidate ``x`` of user ``u`` gets the feature vector :data:`FEATURES`:
                      events they had before: 0–4, 5–9, 10–19, …, 300+), relative to the stage's
                      best image, decayed (:mod:`models.stage`)
 ``stage_near``       the same over the user's stage and the two next to it
+``age_taste``        how long ago the user's recent positives were created (mean), over the catalog's
+                     mean age: whether the user likes what is new or what is old
+``age_z``            the image's ``created_at`` minus that mean, over the spread of the positives'
+                     creation times plus 0.15 of the catalog's; both clipped to ±5, both 0 without positives
 ===================  ===============================================================================
 
 and is scored by an :class:`~models.scorer.OnlineScorer` (a linear prior plus an MLP, trained online
@@ -85,7 +89,7 @@ FEATURES = (
     "content_max", "content_mean", "negative", "covisit", "covisit_last", "covisit_seq", "trending",
     "trending_long", "popularity", "fresh", "age", "cold_item", "user_activity", "user_cold", "collab",
     "covisit_rel", "collab_z", "user_pop_taste", "like_rate", "engagement", "collab_max", "covisit_long", "collab_long",
-    "linear", "linear_z", "session", "session_last", "stage_pop", "stage_near",
+    "linear", "linear_z", "session", "session_last", "stage_pop", "stage_near", "age_taste", "age_z",
 )
 N_FEATURES = len(FEATURES)
 F = {name: i for i, name in enumerate(FEATURES)}
@@ -101,6 +105,11 @@ PRIOR = {
 SOURCES = ("covisit", "content", "collab", "linear", "trending", "fresh", "stage")
 
 _DAY_MS = 24 * 3600 * 1000.0
+#: ``age_z`` divides by the spread of the user's positives' creation times plus this fraction of the
+#: catalog's spread (one positive, or several of one time, has no spread of its own).
+AGE_SPREAD_FLOOR = 0.15
+#: ``age_taste`` and ``age_z`` are clipped to ±this.
+AGE_CLIP = 5.0
 
 
 def prior_vector() -> np.ndarray:
@@ -143,6 +152,8 @@ class Signals:
     mirror: CatalogMirror | None = None
     pop_max: float = 0.0
     pop_long_max: float = 0.0
+    created_mean: float = 0.0  # the live catalog's created_at mean and spread (ms): its time scale
+    created_std: float = 0.0
 
     def prepare(self, fresh_pool: int) -> Signals:
         if self.registry is None:
@@ -159,6 +170,7 @@ class Signals:
             self.pop_max = self.popularity.score(top[0][0]) if top else 0.0
         if self.popularity_long is not None:
             self.pop_long_max = self.popularity_long.max()
+        self.created_mean, self.created_std = self.mirror.created_stats()
         return self
 
     def idx_for(self, component, idx: np.ndarray) -> np.ndarray:
@@ -472,6 +484,8 @@ class Ranker:
                 xu[:, F["covisit_seq"]] = uq.covis_seq.score_idx(sig.idx_for(sig.covisit_seq, iu))[0]
             if sig.covisit is not None and st.recent:
                 xu[:, F["user_pop_taste"]] = float(np.log1p(sig.covisit.masses(st.recent)).mean() / 5.0)
+            if st.recent:
+                xu[:, F["age_taste"]], xu[:, F["age_z"]] = self._age_taste(st, sig, created[lo:hi])
             if uq.lin is not None:
                 xu[:, F["linear"]] = sig.linear.scores_idx(st.seen, sig.idx_for(sig.linear, iu), uq.lin)
             if uq.uvec is not None:
@@ -484,6 +498,23 @@ class Ranker:
                 if rows.size:  # images without an embedding have an all-zero row: 0, as before
                     xu[:, F["collab_max"]] = a[:, 2:].max(axis=1)
         return x
+
+    @staticmethod
+    def _age_taste(st: UserState, sig: Signals, created: np.ndarray) -> tuple[float, np.ndarray]:
+        """``age_taste`` and the ``age_z`` column of one user's candidates (their creation times ``created``,
+        ms), both 0 when none of the user's recent positives is a live image. Both are measured in the
+        catalog's own time scale (the mean age and the spread of its images' creation times), so they mean
+        the same for movies released over decades and for images uploaded over days."""
+        mir = sig.mirror
+        ridx = sig.registry.lookup(st.recent)
+        ok = mir.known(ridx)
+        if not ok.any():
+            return 0.0, np.zeros(created.shape[0])
+        theirs = mir.created[ridx[ok]].astype(np.float64)
+        mean = float(theirs.mean())
+        taste = min(AGE_CLIP, max(0.0, sig.now - mean) / max(1.0, sig.now - sig.created_mean))
+        spread = float(theirs.std()) + AGE_SPREAD_FLOOR * sig.created_std + 1.0
+        return taste, np.clip((created - mean) / spread, -AGE_CLIP, AGE_CLIP)
 
     @staticmethod
     def created(ids: list[str], sig: Signals) -> np.ndarray:

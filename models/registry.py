@@ -81,6 +81,10 @@ class CatalogMirror:
     ([[0.0, 1.0]], [3, 2])
     >>> m.remove(["b"]); m.known(reg.lookup(["a", "b", "zz"])).tolist()
     [True, False, False]
+    >>> m.upsert(["c"], np.array([[1.0, 1.0]]), [7]); m.created_stats()  # live: a (3) and c (7)
+    (5.0, 2.0)
+    >>> m.remove(["c"]); m.created_stats()
+    (3.0, 0.0)
     """
 
     def __init__(self, dim: int, registry: ItemRegistry) -> None:
@@ -90,6 +94,8 @@ class CatalogMirror:
         self.alive = np.zeros(64, dtype=bool)
         self.created = np.zeros(64, dtype=np.int64)
         self.synced = -1
+        self.changes = 0  # bumped by every upsert/remove: the key of the cached creation-time statistics
+        self._created_stats: tuple[int, float, float] = (-1, 0.0, 0.0)
 
     def _fit(self, n: int) -> None:
         if n > self.alive.shape[0]:
@@ -111,15 +117,18 @@ class CatalogMirror:
         self.vec[idx] = mat[rows]
         self.created[idx] = np.asarray(created, dtype=np.int64)[rows]
         self.alive[idx] = True
+        self.changes += 1
 
     def remove(self, image_ids: Sequence[str]) -> None:
         idx = self.registry.lookup(list(image_ids))
         idx = idx[(idx >= 0) & (idx < self.alive.shape[0])]
         self.alive[idx] = False
+        self.changes += 1
 
     def rebuild(self, index) -> None:
         """Copy everything from ``index`` (an :class:`~models.index.ImageIndex`)."""
         self.alive[:] = False
+        self.changes += 1
         self.synced = getattr(index, "mutations", -1)
         ids = index.ids()
         if not ids:
@@ -128,6 +137,16 @@ class CatalogMirror:
         ids = [i for i in ids if i in vecs]
         if ids:
             self.upsert(ids, np.stack([vecs[i] for i in ids]), [index.created_at(i) or 0 for i in ids])
+
+    def created_stats(self) -> tuple[float, float]:
+        """Mean and standard deviation of the live images' ``created_at`` (ms; (0, 0) for an empty
+        catalog): the catalog's own time scale. O(catalog) once per change (~5 ms at 1M images; a worker
+        changes the catalog once per catalog batch), cached until the next change."""
+        if self._created_stats[0] != self.changes:
+            c = self.created[self.alive].astype(np.float64)
+            self._created_stats = (self.changes, float(c.mean()) if c.size else 0.0,
+                                   float(c.std()) if c.size else 0.0)
+        return self._created_stats[1], self._created_stats[2]
 
     def known(self, idx: np.ndarray) -> np.ndarray:
         """Which registry ids are live catalog images."""

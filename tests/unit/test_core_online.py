@@ -257,3 +257,37 @@ def test_stage_source_brings_what_users_at_the_same_stage_acted_on(basis):
     assert [it.image_id for it in core.recommend([user])[0]] == ["i0"]
     core.ranker.stage_pool = 0
     assert core.ranker.score_batch([user], core.signals(), 10)[0].ids == []
+
+
+def test_age_features_place_a_candidate_against_the_age_of_the_users_positives(basis):
+    """``age_taste`` is how long ago the user's recent positives were created, in units of the catalog's
+    mean age (0 without positives); ``age_z`` is a candidate's creation time relative to theirs, over their
+    spread plus 0.15 of the catalog's: 0 for an image of the same time, positive for a newer one, negative
+    for an older one, clipped to ±5. Scaling every time by the same factor changes neither."""
+    from models.ranking import F
+
+    def rows_for(year: float):
+        t0 = 100 * year
+        core = RecommenderCore(dim=16, k=8, seed=0)
+        core.apply_images([("liked", basis(0), t0), ("same", basis(1), t0), ("newer", basis(2), t0 + year),
+                           ("older", basis(3), t0 - year), ("ancient", basis(4), t0 - 30 * year),
+                           ("future", basis(5), t0 + 30 * year)])
+        fan = core.new_state("fan")
+        fan, _ = core.learn(fan, image_id="liked", action="like", ts=int(t0 + 40 * year))
+        none = core.new_state("none")
+        none, _ = core.learn(none, image_id="same", action="skip", ts=int(t0 + 40 * year))  # no positive
+        sc = core.ranker.score_batch([fan, none], core.signals(), 10)
+        assert not sc[1].features[:, [F["age_taste"], F["age_z"]]].any()
+        return {i: sc[0].features[j] for j, i in enumerate(sc[0].ids)}
+
+    rows = rows_for(365.25 * 24 * 3600 * 1000)
+    z_one_year = 1 / (0.15 * np.sqrt((1 + 1 + 900 + 900) / 6))  # the catalog's spread: 17.3 years
+    assert rows["same"][F["age_taste"]] == pytest.approx(1.0)  # the catalog's mean is the liked image's time
+    assert rows["same"][F["age_z"]] == pytest.approx(0.0, abs=1e-6)
+    assert rows["newer"][F["age_z"]] == pytest.approx(z_one_year, rel=1e-4)
+    assert rows["older"][F["age_z"]] == pytest.approx(-z_one_year, rel=1e-4)
+    assert rows["future"][F["age_z"]] == 5.0 and rows["ancient"][F["age_z"]] == -5.0
+    days = rows_for(24 * 3600 * 1000)  # the same catalog with days for years
+    for image in ("same", "newer", "older", "future", "ancient"):
+        np.testing.assert_allclose(days[image][[F["age_taste"], F["age_z"]]],
+                                   rows[image][[F["age_taste"], F["age_z"]]], rtol=1e-3, atol=1e-6)

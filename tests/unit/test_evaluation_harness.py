@@ -161,6 +161,36 @@ def test_item_metadata_is_read_from_the_file_beside_the_ratings(tmp_path):
         "m1": "Toy Story (1995). Genres: Adventure, Animation.", "m3": "Heat, The (1995)."}
 
 
+def test_release_dates_are_read_beside_the_ratings_and_become_the_images_created_at(tmp_path):
+    """u.item's release date, or the year in movies.csv's title (1 July of it), is the image's created_at the
+    model sees, as a catalog event would carry it; never later than the image's first event."""
+    from datetime import datetime, timezone
+
+    from models.core import RecommenderCore
+    from models.evaluation import load_item_created
+
+    def ms(*date):
+        return int(datetime(*date, tzinfo=timezone.utc).timestamp() * 1000)
+
+    (tmp_path / "u.data").write_text(UDATA)
+    assert load_movielens(tmp_path / "u.data").item_created is None  # no u.item
+    uitem = UITEM + "4|No date (1990)|||http://x|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+    (tmp_path / "u.item").write_bytes(uitem.encode("latin-1"))
+    assert load_movielens(tmp_path / "u.data").item_created == {
+        "m1": ms(1995, 1, 1), "m2": ms(1995, 1, 1), "m3": ms(1996, 1, 1)}
+    (tmp_path / "ratings.csv").write_text(CSV)
+    (tmp_path / "movies.csv").write_text(MOVIES + '7,"Untitled",Drama\n')
+    assert load_item_created(tmp_path / "ratings.csv") == {"m1": ms(1995, 7, 1), "m3": ms(1995, 7, 1)}
+
+    udata = "1\t1\t5\t788918400\n2\t3\t4\t788918401\n2\t9\t5\t788918402\n"  # m3 rated before its release
+    (tmp_path / "u.data").write_text(udata)
+    core = RecommenderCore(dim=384, k=3)
+    run_prequential(load_movielens(tmp_path / "u.data"), k=3, baselines=[], core=core)
+    assert core.index.created_at("m1") == ms(1995, 1, 1)
+    assert core.index.created_at("m3") == 788918401 * 1000  # its first event, not 1 Jan 1996
+    assert core.index.created_at("m9") == 788918402 * 1000  # no metadata: its first event
+
+
 class _FakeEncoder:
     """Stands in for the MiniLM text encoder: a deterministic unit vector per text."""
 
