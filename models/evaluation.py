@@ -161,8 +161,9 @@ def load_movielens(
     records: list[Record] = [
         BehaviourEvent(f"u{u}", f"m{i}", rating_action(r, threshold, actions), t * 1000, r) for t, _, u, i, r in rows
     ]
+    meta = _item_metadata(path) or []  # read once for both
     return EvalStream(records, name=path.name, positive=_rating_positive(threshold), dim=None,
-                      item_text=load_item_text(path), item_created=load_item_created(path))
+                      item_text=_texts(meta), item_created=_release_times(meta))
 
 
 #: Genre flag columns of ml-100k's ``u.item``, in file order (``u.genre``).
@@ -176,8 +177,7 @@ def load_item_text(ratings_path: str | Path) -> dict[str, str] | None:
     image ids (``m<movieId>``): ``"<title (year)>. Genres: a, b."``. ``u.item`` (ml-100k: ``|``-separated,
     latin-1, 19 genre flags) beside ``u.data``; ``movies.csv`` (movieId,title,genres with ``|``) beside
     ``ratings.csv``. None when there is no such file."""
-    rows = _item_metadata(ratings_path) or []
-    return {i: _describe(title, genres) for i, title, genres, _ in rows} or None
+    return _texts(_item_metadata(ratings_path) or [])
 
 
 def load_item_created(ratings_path: str | Path) -> dict[str, int] | None:
@@ -185,8 +185,15 @@ def load_item_created(ratings_path: str | Path) -> dict[str, int] | None:
     the image's ``created_at`` the way a catalog event carries it. ``u.item``'s release date (``01-Jan-1995``);
     ``movies.csv`` has the year in the title only: 1 July of that year. Items without one are left out; None
     when none has one (or there is no metadata file)."""
-    rows = _item_metadata(ratings_path) or []
-    return {i: when for i, _, _, when in rows if when is not None} or None
+    return _release_times(_item_metadata(ratings_path) or [])
+
+
+def _texts(meta: list) -> dict[str, str] | None:
+    return {i: _describe(title, genres) for i, title, genres, _ in meta} or None
+
+
+def _release_times(meta: list) -> dict[str, int] | None:
+    return {i: when for i, _, _, when in meta if when is not None} or None
 
 
 _MONTHS = {m: i + 1 for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
