@@ -6,8 +6,9 @@ sensibly) and the MLP's output layer starts at zero; both are then trained onlin
 
 Training data come from the stream: for each positive event the core builds a *group* of feature rows
 computed from the user's state *before* the event: row 0 is the image the user acted on, the others are
-negatives (images the user was shown and did not pick, popular and co-visited images, random catalog
-images, and images the user recently skipped or hid). The loss is the sampled-softmax cross-entropy of
+negatives: the other candidates of that state (what the ranker scored or served for it: every candidate
+source's images, up to the core's ``max_negatives``) and the images the user skipped or hid since their
+last positive. A positive the candidate sources missed makes no group. The loss is the sampled-softmax cross-entropy of
 the positive within its group, which directly trains "put the chosen image first". Groups are buffered
 and one Adam step is taken per ``batch_groups`` new groups, followed by ``replay_steps`` steps on
 minibatches drawn from a bounded replay ring of recent groups (experience replay: every group is used
