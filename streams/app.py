@@ -67,6 +67,7 @@ from models.errors import InvalidInput
 
 from . import faust_fixes, metrics
 from .catalog import IndexReplica
+from .diagnostics import stall_report
 from .errors import InvalidEvent, invalid
 from .kafka import faust_credentials
 from .lag import LagMonitor
@@ -861,8 +862,10 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     @app.task
     async def watchdog():
         """Start the watchdog thread and beat its loop-liveness clock from this loop every 0.1 s; each beat
-        also records how late the sleep before it woke (``reco_event_loop_delay_seconds``)."""
+        also records how late the sleep before it woke (``reco_event_loop_delay_seconds``). On a stall it logs
+        :func:`~streams.diagnostics.stall_report` of this loop and app before it exits."""
         loop = asyncio.get_running_loop()
+        pipe.watchdog.diagnose = lambda: stall_report(loop, app)
         pipe.watchdog.beat_loop()
         pipe.watchdog.start()
         try:

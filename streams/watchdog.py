@@ -9,8 +9,11 @@ yields), which no asyncio task could. Rules, checked every second:
 3. Input liveness: when the last lag sample said input is pending, some batch must have started within
    ``stall_timeout_s`` of that sample.
 
-A stalled worker logs why and ``os._exit(EXIT_STALLED)``: nothing of the stuck batch was acked, so its
-records are redelivered to whoever takes the partitions over (at-least-once holds).
+A stalled worker logs why, then what it was doing (``diagnose``: the worker sets
+:func:`streams.diagnostics.stall_report`, its threads, asyncio tasks and consumer state), and
+``os._exit(EXIT_STALLED)``: nothing of the stuck batch was acked, so its records are redelivered to whoever
+takes the partitions over (at-least-once holds). A diagnose hook that raises is logged as such; the exit
+happens either way.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +30,10 @@ EXIT_STALLED = 71
 
 
 class Watchdog:
-    def __init__(self, stall_timeout_s: float, *, exit_fn=os._exit, clock=time.monotonic) -> None:
+    def __init__(self, stall_timeout_s: float, *, exit_fn=os._exit, clock=time.monotonic,
+                 diagnose: Callable[[], str] | None = None) -> None:
         self.stall_timeout_s = stall_timeout_s
+        self.diagnose = diagnose
         self._exit = exit_fn
         self._clock = clock
         now = clock()
@@ -77,9 +83,19 @@ class Watchdog:
             reason = self.stalled()
             if reason:
                 log.critical("watchdog: %s; exiting with %d so the worker is restarted", reason, EXIT_STALLED)
+                self._log_diagnosis()
                 logging.shutdown()
                 self._exit(EXIT_STALLED)
                 return
+
+    def _log_diagnosis(self) -> None:
+        if self.diagnose is None:
+            return
+        try:
+            text = self.diagnose()
+        except Exception as exc:  # the exit must happen whatever the diagnosis does
+            text = f"(diagnosis failed: {exc!r})"
+        log.critical("watchdog: what the worker was doing when it stalled:\n%s", text)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="reco-watchdog", daemon=True)

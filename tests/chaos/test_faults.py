@@ -163,3 +163,13 @@ def test_watchdog_exits_nonzero_on_crash_or_stall(make_settings, start_worker, f
     rc = w.proc.wait(30)
     assert rc == code, w.tail()
     assert time.monotonic() - t0 < 20
+    if code == EXIT_STALLED:  # the log says where it was stuck: the failpoint, in a thread's stack (a blocked
+        # loop) or in the awaited chain of the behaviour agent's task (a live loop), with the consumer's state
+        log = w.log_path.read_text(errors="replace")
+        report = log[log.index("what the worker was doing when it stalled"):]
+        where = report[report.index("--- threads ---"):report.index("--- asyncio tasks ---")]
+        if fault == "stall":
+            where = report[report.index("--- asyncio tasks ---"):report.index("--- consumer ---")]
+        assert "in _inject_fault" in where, report[:4000]
+        assigned = next(line for line in report.splitlines() if line.startswith("assigned: "))
+        assert f"{s.topic_behavior}/0" in assigned and "flow_active=True" in report, report[-2000:]

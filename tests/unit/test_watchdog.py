@@ -88,6 +88,96 @@ def test_thread_exits_with_the_stall_code():
     assert exits == [EXIT_STALLED]
 
 
+def _trip(w):
+    import time
+
+    exits = []
+    w._exit = exits.append
+    w.loop_beat -= 10
+    w.start()
+    deadline = time.monotonic() + 5
+    while not exits and time.monotonic() < deadline:
+        time.sleep(0.05)
+    w.stop()
+    return exits
+
+
+def test_a_stall_logs_the_diagnosis_before_the_exit(caplog):
+    order = []
+    w = Watchdog(0.5, diagnose=lambda: order.append("diagnosed") or "task behavior: awaiting <Future pending>")
+    with caplog.at_level("CRITICAL", logger="streams.watchdog"):
+        exits = _trip(w)
+    assert exits == [EXIT_STALLED] and order == ["diagnosed"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert "event loop blocked" in messages[0]
+    assert "what the worker was doing" in messages[1] and "awaiting <Future pending>" in messages[1]
+
+
+def test_a_diagnosis_that_raises_is_logged_and_the_worker_still_exits(caplog):
+    def broken():
+        raise RuntimeError("cannot read the consumer")
+
+    with caplog.at_level("CRITICAL", logger="streams.watchdog"):
+        exits = _trip(Watchdog(0.5, diagnose=broken))
+    assert exits == [EXIT_STALLED]
+    assert "diagnosis failed: RuntimeError('cannot read the consumer')" in caplog.records[-1].getMessage()
+
+
+def test_the_stall_report_shows_threads_the_awaited_chain_of_each_task_and_the_consumer():
+    """What the worker's hook logs, on a live loop read from another thread (as the watchdog does), with a
+    stand-in for Faust's app; a consumer that cannot be read is reported without losing the rest."""
+    import asyncio
+    import threading
+
+    from streams.diagnostics import stall_report
+
+    class TP(SimpleNamespace):
+        def __hash__(self):
+            return hash((self.topic, self.partition))
+
+    tp0, tp1 = TP(topic="ub", partition=0), TP(topic="ub", partition=1)
+    queue = asyncio.Queue(maxsize=8)
+    queue.put_nowait(1)
+    actor = SimpleNamespace(stream=SimpleNamespace(channel=SimpleNamespace(_queue=queue)))
+    consumer = SimpleNamespace(flow_active=False, assignment=lambda: {tp0, tp1}, _paused_partitions={tp1},
+                               _active_partitions={tp0}, _read_offset={tp0: 41}, _committed_offset={tp0: 40},
+                               _unacked_messages=set())
+    app = SimpleNamespace(consumer=consumer, rebalancing=True, consumer_generation_id=3,
+                          agents={"behavior": SimpleNamespace(_actors=[actor])},
+                          tables=SimpleNamespace(recovery=SimpleNamespace(completed=asyncio.Event(), in_recovery=True)))
+    reports = {}
+
+    async def stuck_in_fetch(gate):
+        await gate.wait()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Event()
+        task = asyncio.create_task(stuck_in_fetch(gate), name="fetcher")
+        await asyncio.sleep(0)
+        t = threading.Thread(target=lambda: reports.update(
+            ok=stall_report(loop, app),
+            broken=stall_report(loop, SimpleNamespace())))
+        t.start()
+        while t.is_alive():
+            await asyncio.sleep(0.01)
+        gate.set()
+        await task
+
+    asyncio.run(main())
+    text = reports["ok"]
+    assert "--- threads ---" in text and "MainThread" in text
+    fetcher = text[text.index("task fetcher:"):]
+    assert "in stuck_in_fetch" in fetcher.splitlines()[1] and "in wait" in fetcher
+    assert "flow_active=False rebalancing=True generation=3" in text
+    assert "table recovery completed=False in_recovery=True" in text
+    assert "assigned: ub/0, ub/1" in text and "paused: ub/1" in text and "active: ub/0" in text
+    assert "read offsets: ub/0=41" in text and "committed offsets: ub/0=40" in text
+    assert "agent behavior: input buffer 1/8" in text
+    broken = reports["broken"]
+    assert "task fetcher:" in broken and "--- consumer ---\n  (could not be read: AttributeError" in broken
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The fault tests' stand-in for the orchestrator (tests/chaos/workload.py), with fakes for the worker
 # process and the workload, and a fake clock that each sleep advances.
