@@ -81,8 +81,8 @@ def thread_stacks(max_depth: int = MAX_DEPTH) -> str:
     lines = []
     for ident, frame in sys._current_frames().items():
         lines.append(f"thread {names.get(ident, '?')} ({ident}):")
-        stack = traceback.extract_stack(frame)[-max_depth:]
-        lines += [f"  {_path(fs.filename)}:{fs.lineno} in {fs.name}" for fs in stack]
+        innermost = [f for f, _ in traceback.walk_stack(frame)][:max_depth]  # no source lines read
+        lines += [f"  {_where(f)}" for f in reversed(innermost)]
     return "\n".join(lines)
 
 
