@@ -28,7 +28,8 @@ Commit protocol (at-least-once end to end; each step's invariant is asserted or 
 6. One recommendation event per user is produced to ``recommendations``.
 7. The body returns; only now does ``take_events`` ack the records.
 8. Faust's commit (every ``commit_interval_s``) first flushes the producer — changelog, recommendations and
-   dead letters are then durable — and only then commits the acked offsets.
+   dead letters are then durable — and only then commits the acked offsets. (Faust's own flush of the
+   buffer that carries the changelog could return early; :mod:`streams.faust_fixes`, 5, makes it wait.)
 
 A crash anywhere before 8 replays the batch: step 3 skips what the recovered table already holds, steps 4–6
 rewrite the same results. Steps 2–7 never run concurrently with the new-image push (one lock), so result
@@ -792,11 +793,34 @@ def _fatal(exc: BaseException) -> None:
     os._exit(EXIT_FATAL)
 
 
+#: The ``slow_changelog`` failpoint's delay per changelog record (seconds): more than the 0.1 s after which
+#: Faust's own producer-buffer flush gives up (streams/faust_fixes.py, 5).
+SLOW_CHANGELOG_S = 0.15
+
+
+def _slow_changelog_failpoint(delay_s: float) -> None:
+    """Test-only: the Kafka client takes ``delay_s`` to accept each user-table changelog record (as when
+    it waits for room in a full batch on a slow broker); other topics are not slowed."""
+    from faust.transport.drivers.aiokafka import Producer
+
+    original = Producer.send
+
+    async def send(self, topic, *args, **kwargs):
+        if topic.endswith("-users-changelog"):
+            await asyncio.sleep(delay_s)
+        return await original(self, topic, *args, **kwargs)
+
+    Producer.send = send
+    log.warning("fault injection: slow_changelog (%.2fs per changelog record)", delay_s)
+
+
 def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     s = s or Settings()
     import faiss
 
     faust_fixes.apply()
+    if s.fault_injection == "slow_changelog":
+        _slow_changelog_failpoint(SLOW_CHANGELOG_S)
 
     faiss.omp_set_num_threads(s.faiss_threads)
     brokers = [f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()]

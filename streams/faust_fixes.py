@@ -1,5 +1,5 @@
-"""Fixes for three faust-streaming 0.15.x consumer bugs that break at-least-once delivery, and the hook
-that keeps records the offset guard held back out of the commit.
+"""Fixes for four faust-streaming 0.15.x bugs that break at-least-once delivery, and the hook that keeps
+records the offset guard held back out of the commit.
 
 1. **Off-by-one in the head-gap check** (``Consumer._new_offset``). ``_committed_offset[tp]`` holds the
    Kafka committed offset, i.e. the *next* offset to read, but the check that refuses to commit past an
@@ -28,17 +28,46 @@ that keeps records the offset guard held back out of the commit.
    them with :func:`hold_back`; their ack releases them without counting towards the commit (like 3),
    so the commit stops at the hole until the re-fetched copies are applied and acked.
 
+5. **A flush that does not flush** (``ProducerBuffer.flush``). Table writes reach the changelog through
+   Faust's producer buffer (``send_soon``), which one task drains into the Kafka client; a commit first
+   flushes it, so that every state change of the records it commits is durable. But the flush *returns*
+   (a) as soon as no message was handed over within 0.1 s, with messages still queued: e.g. while the
+   client waits for room in a full batch on a slow broker, or while a batch holds the event loop; and
+   (b) when the queue is empty but its last message is still being handed to the client (size 0, not yet
+   in the client's accumulator, so the client's own flush does not wait for it either). The commit then
+   runs ahead of the changelog, and a crash before those records are sent loses the events they applied:
+   seen in CI as ``tests/chaos/test_faults.py::test_kill9_repeatedly_mid_stream[replayable]`` with 10 of
+   one user's 48 events never applied, and with (b) logged by an instrumented worker in 1 of 16 worker
+   lives on this machine. Fixed: the buffer counts the messages put and handed over, and the flush waits
+   until every message put before it was handed over, however long that takes (not for those put
+   meanwhile: a busy table cannot hold a commit back forever); a message that could not be handed over,
+   or a buffer that stops running with messages queued, makes it raise, and the commit with it (the
+   records are then processed again). ``test_kill9_right_after_a_commit_while_the_changelog_is_slow``
+   (the ``slow_changelog`` failpoint) loses events in every run without this fix.
+
 All are applied once by :func:`apply` (idempotent) before the app is created.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from faust.transport.consumer import Consumer
+from faust.transport.producer import ProducerBuffer
+
+log = logging.getLogger(__name__)
 
 _APPLIED = False
 #: Faust's own implementation, kept for the regression test that shows the bug.
 ORIGINAL_NEW_OFFSET = Consumer._new_offset
 ORIGINAL_ACK = Consumer.ack
+ORIGINAL_BUFFER_FLUSH = ProducerBuffer.flush
+ORIGINAL_BUFFER_PUT = ProducerBuffer.put
+ORIGINAL_SEND_PENDING = ProducerBuffer._send_pending
+#: While the buffer is stopping, how long a flush waits for the message being handed over (seconds).
+STOPPING_HANDOVER_S = 10.0
 
 
 #: ``id()`` of delivered messages the offset guard did not apply (see 4). A message is in the set from the
@@ -70,6 +99,52 @@ def _head_gap(consumer: Consumer, tp) -> bool:
     for iv in consumer._gap[tp].overlap(lo, hi):
         covered.update(range(max(iv.begin, lo), min(iv.end, hi)))
     return len(covered) < hi - lo
+
+
+def not_handed_over(buffer: ProducerBuffer) -> int:
+    """Messages put in the buffer and not yet handed to the Kafka client (queued or being handed over; see 5)."""
+    return getattr(buffer, "_reco_put", 0) - getattr(buffer, "_reco_handed", 0)
+
+
+def _put(self: ProducerBuffer, fut) -> None:
+    ORIGINAL_BUFFER_PUT(self, fut)
+    self._reco_put = getattr(self, "_reco_put", 0) + 1
+
+
+async def _send_pending(self: ProducerBuffer, fut) -> None:
+    # One drain task hands the messages over one at a time, in the order they were put: after the n-th
+    # handover, the first n messages put are in the client's accumulator (whose flush waits for delivery).
+    try:
+        await ORIGINAL_SEND_PENDING(self, fut)
+    except Exception as exc:  # this message is lost: no commit may count on it (the drain task dies too)
+        self._reco_lost = exc
+        raise
+    self._reco_handed = getattr(self, "_reco_handed", 0) + 1
+
+
+async def _buffer_flush(self: ProducerBuffer) -> None:
+    """Return only when every message put before this call is in the client, however long that takes (not
+    waiting for messages put meanwhile: a steady stream of table writes cannot hold a commit back forever)."""
+    if self.app is not None and self.app.conf.producer_threaded:  # not this project's configuration
+        return await ORIGINAL_BUFFER_FLUSH(self)
+    target = getattr(self, "_reco_put", 0)
+    stopping_since = None
+    while getattr(self, "_reco_handed", 0) < target:
+        lost = getattr(self, "_reco_lost", None)
+        if lost is not None:
+            raise RuntimeError(f"Cannot flush: a buffered message could not be handed to the client ({lost!r})")
+        if self.state != "running":
+            if self.size:
+                raise RuntimeError("Cannot flush: Producer not Running")
+            loop = asyncio.get_running_loop()
+            stopping_since = stopping_since or loop.time()
+            if loop.time() - stopping_since > STOPPING_HANDOVER_S:
+                log.warning("producer buffer stopped with %d message(s) still being handed over",
+                            not_handed_over(self))
+                return
+        self.message_sent.clear()
+        with contextlib.suppress(asyncio.TimeoutError):  # re-check the state now and then; never give up
+            await asyncio.wait_for(self.message_sent.wait(), timeout=0.5)
 
 
 def apply() -> None:
@@ -105,4 +180,7 @@ def apply() -> None:
     Consumer._new_offset = _new_offset
     Consumer.ack = ack
     Consumer.on_partitions_assigned = on_partitions_assigned
+    ProducerBuffer.put = _put
+    ProducerBuffer._send_pending = _send_pending
+    ProducerBuffer.flush = _buffer_flush
     _APPLIED = True

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     broker_rebalance_timeout_s: float = Field(10.0, gt=0, description="Rebalance timeout (seconds); lower = faster joins.")
     stall_timeout_s: float = Field(60.0, gt=0, description="Watchdog: a batch or the event loop stuck this long, or input pending with no batch, = exit non-zero (seconds).")
     redis_check_interval_s: float = Field(5.0, gt=0, description="How often a worker checks its Redis marker key and repopulates a flushed/restarted Redis (seconds).")
-    fault_injection: Literal["", "crash", "stall", "block_loop"] = Field("", description="Test-only failpoint: a behaviour event whose image_id is '__fault__' crashes/stalls the batch or blocks the loop.")
+    fault_injection: Literal["", "crash", "stall", "block_loop", "slow_changelog"] = Field("", description="Test-only failpoint: a behaviour event whose image_id is '__fault__' crashes/stalls the batch or blocks the loop; 'slow_changelog': every user-table changelog record takes 0.15 s to reach the Kafka client (a slow broker).")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

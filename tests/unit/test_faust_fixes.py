@@ -1,10 +1,13 @@
-"""The Faust consumer commit-offset fix, on Faust's own ``Consumer._new_offset`` code."""
+"""The Faust at-least-once fixes, on Faust's own code: the consumer's commit offset and acks, and the
+producer buffer's flush (with a fake channel at the seam where the buffer hands messages to the client)."""
 
+import asyncio
 from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 from faust.transport.consumer import Consumer
+from faust.transport.producer import ProducerBuffer
 from intervaltree import IntervalTree
 
 from streams import faust_fixes
@@ -66,3 +69,77 @@ def test_stale_generation_ack_does_not_count_towards_the_commit(patched):
     assert Consumer.ack(consumer, old) is False
     assert old.acked and old not in consumer._unacked_messages
     assert consumer._acked[TP] == [], "a skipped message of an old generation must not advance the commit"
+
+
+class Handover:
+    """The channel of buffered messages: handing one to the client takes ``delay_s`` (e.g. waiting for room
+    in a full batch while the broker is slow), or fails."""
+
+    def __init__(self, delay_s: float, fail: bool = False) -> None:
+        self.delay_s, self.fail, self.handed = delay_s, fail, []
+
+    async def publish_message(self, fut, wait: bool = False):
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise ConnectionError("broker gone")
+        self.handed.append(fut)
+
+
+async def buffer_with(channel: Handover, n: int) -> ProducerBuffer:
+    buf = ProducerBuffer()
+    buf.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+    await buf.start()
+    for _ in range(n):
+        buf.put(SimpleNamespace(message=SimpleNamespace(channel=channel)))
+    await asyncio.sleep(0)  # the drain task takes the first message off the queue
+    return buf
+
+
+async def finish(buf: ProducerBuffer, channel: Handover, n: int) -> None:
+    while len(channel.handed) < n:
+        await asyncio.sleep(0.01)
+    await buf.stop()
+
+
+@pytest.mark.parametrize("n", [1, 3], ids=["one-being-handed-over", "more-queued"])
+async def test_upstream_buffer_flush_returns_before_its_messages_reach_the_client(n):
+    # A commit flushes this buffer so that the table's changelog records are durable before the offsets
+    # of the records that wrote them are committed. Faust's flush returns with none of them handed over:
+    # the queue looks empty while its only message is being handed over, and with more queued it gives
+    # up after 0.1 s without progress.
+    channel = Handover(0.3)
+    buf = await buffer_with(channel, n)
+    await faust_fixes.ORIGINAL_BUFFER_FLUSH(buf)
+    assert channel.handed == []
+    await finish(buf, channel, n)
+
+
+@pytest.mark.parametrize("n", [1, 3], ids=["one-being-handed-over", "more-queued"])
+async def test_patched_buffer_flush_returns_when_every_message_is_in_the_client(patched, n):
+    channel = Handover(0.3)
+    buf = await buffer_with(channel, n)
+    await buf.flush()
+    assert len(channel.handed) == n and buf.size == 0 and faust_fixes.not_handed_over(buf) == 0
+    await finish(buf, channel, n)
+
+
+async def test_patched_buffer_flush_raises_when_a_message_could_not_be_handed_over(patched):
+    channel = Handover(0.05, fail=True)
+    buf = await buffer_with(channel, 1)
+    with pytest.raises(RuntimeError, match="could not be handed to the client"):
+        await asyncio.wait_for(buf.flush(), 5)  # the commit fails with it: its records are processed again
+    assert buf.state == "crashed"
+    with pytest.raises(RuntimeError, match="could not be handed"):
+        await buf.stop()  # stopping flushes too: the loss is reported there as well
+
+
+async def test_patched_buffer_flush_does_not_wait_for_messages_put_after_it_began(patched):
+    channel = Handover(0.2)
+    buf = await buffer_with(channel, 1)
+    flush = asyncio.ensure_future(buf.flush())
+    await asyncio.sleep(0.05)
+    for _ in range(3):  # table writes of the batches that run while the commit waits
+        buf.put(SimpleNamespace(message=SimpleNamespace(channel=channel)))
+    await asyncio.wait_for(flush, 5)
+    assert len(channel.handed) == 1, "the flush waits for the message put before it, and only for that one"
+    await finish(buf, channel, 4)
