@@ -167,6 +167,7 @@ def consumer_state(app: Any) -> str:
     lines.append(f"read offsets: {offsets(getattr(c, '_read_offset', {}))}")
     lines.append(f"committed offsets: {offsets(getattr(c, '_committed_offset', {}))}")
     lines.append(f"unacked messages: {len(getattr(c, '_unacked_messages', ()))}")
+    lines.append(kafka_client_state(getattr(getattr(c, "_thread", None), "_consumer", None)))
     for name, agent in dict(getattr(app, "agents", {})).items():
         for actor in list(getattr(agent, "_actors", ())):
             channel = getattr(getattr(actor, "stream", None), "channel", None)
@@ -174,3 +175,23 @@ def consumer_state(app: Any) -> str:
             size = "none yet" if queue is None else f"{queue.qsize()}/{getattr(queue, 'maxsize', '?')}"
             lines.append(f"agent {name}: input buffer {size}")
     return "\n".join(lines)
+
+
+def kafka_client_state(client: Any) -> str:
+    """The Kafka client's own view (aiokafka, under Faust's): per assigned partition, paused or not, its
+    fetch position, and whether a fetched result waits to be drained (the client fetches a partition
+    only when it is not paused, has a position and has no such result). Faust's view can differ: a
+    partition Faust counts as active may be paused here."""
+    if client is None:
+        return "kafka client: -"
+    try:
+        assignment = client._subscription.subscription.assignment
+        states = {tp: assignment.state_value(tp) for tp in assignment.tps}
+        pending = set(dict(getattr(client._fetcher, "_records", {})))
+    except Exception as exc:  # no assignment yet, or another aiokafka version
+        return f"kafka client: (could not be read: {exc!r})"
+    rows = []
+    for tp, st in sorted(states.items(), key=lambda x: (x[0].topic, x[0].partition)):
+        flags = ("paused " if getattr(st, "paused", False) else "") + ("result-waiting " if tp in pending else "")
+        rows.append(f"{tp.topic}/{tp.partition}@{getattr(st, '_position', '?')}" + (f" ({flags.strip()})" if flags else ""))
+    return "kafka client: " + (", ".join(rows) or "-")

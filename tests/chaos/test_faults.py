@@ -204,3 +204,5 @@ def test_watchdog_exits_nonzero_on_crash_or_stall(make_settings, start_worker, f
         assert "in _inject_fault" in where, report[:4000]
         assigned = next(line for line in report.splitlines() if line.startswith("assigned: "))
         assert f"{s.topic_behavior}/0" in assigned and "flow_active=True" in report, report[-2000:]
+        client = next(line for line in report.splitlines() if line.startswith("kafka client: "))
+        assert f"{s.topic_behavior}/0@" in client, report[-2000:]  # the Kafka client's own view, read too

@@ -130,6 +130,19 @@ def test_the_stall_report_shows_threads_the_awaited_chain_of_each_task_and_the_c
     queue = asyncio.Queue(maxsize=8)
     queue.put_nowait(1)
     actor = SimpleNamespace(stream=SimpleNamespace(channel=SimpleNamespace(_queue=queue)))
+    # The Kafka client under Faust's consumer, with aiokafka's own subscription state: Faust counts ub/0 as
+    # active, but the client has it paused with a fetched result waiting (so it would never fetch it again).
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from aiokafka.structs import TopicPartition
+
+    def kafka_client():  # aiokafka's state wants a running loop
+        subscription = SubscriptionState()
+        k0, k1 = TopicPartition("ub", 0), TopicPartition("ub", 1)
+        subscription.assign_from_user({k0, k1})
+        subscription.seek(k1, 7)
+        subscription.pause(k0)
+        return SimpleNamespace(_subscription=subscription, _fetcher=SimpleNamespace(_records={k0: object()}))
+
     consumer = SimpleNamespace(flow_active=False, assignment=lambda: {tp0, tp1}, _paused_partitions={tp1},
                                _active_partitions={tp0}, _read_offset={tp0: 41}, _committed_offset={tp0: 40},
                                _unacked_messages=set())
@@ -143,6 +156,7 @@ def test_the_stall_report_shows_threads_the_awaited_chain_of_each_task_and_the_c
 
     async def main():
         loop = asyncio.get_running_loop()
+        consumer._thread = SimpleNamespace(_consumer=kafka_client())
         gate = asyncio.Event()
         task = asyncio.create_task(stuck_in_fetch(gate), name="fetcher")
         await asyncio.sleep(0)
@@ -165,6 +179,7 @@ def test_the_stall_report_shows_threads_the_awaited_chain_of_each_task_and_the_c
     assert "assigned: ub/0, ub/1" in text and "paused: ub/1" in text and "active: ub/0" in text
     assert "read offsets: ub/0=41" in text and "committed offsets: ub/0=40" in text
     assert "agent behavior: input buffer 1/8" in text
+    assert "kafka client: ub/0@None (paused result-waiting), ub/1@7\n" in text
     broken = reports["broken"]
     assert "task fetcher:" in broken and "--- consumer ---\n  (could not be read: AttributeError" in broken
 
