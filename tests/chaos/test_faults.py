@@ -13,6 +13,7 @@ import time
 
 import pytest
 import redis as redis_lib
+from aiokafka import TopicPartition
 
 from streams.lag import LagMonitor
 from streams.localstack import KafkaBroker, RedisServer, free_port
@@ -62,14 +63,14 @@ def test_kill9_repeatedly_mid_stream(make_settings, start_worker, replayable):
 
 
 def _committed(s) -> int:
-    """The worker group's committed offset on behaviour partition 0 (0: none yet)."""
+    """Where the worker group resumes behaviour partition 0: its committed offset (0 before any commit)."""
     async def read() -> int:
         monitor = LagMonitor(s)
         try:
-            rows = await monitor.group_lag(s.app_id, "workers", [s.topic_behavior])
+            tp = TopicPartition(s.topic_behavior, 0)
+            return (await monitor.start_offsets(s.app_id, [tp]))[tp]
         finally:
             await monitor.close()
-        return next((r.committed or 0 for r in rows if r.partition == 0), 0)
     return asyncio.run(read())
 
 
