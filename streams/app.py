@@ -30,6 +30,8 @@ Commit protocol (at-least-once end to end; each step's invariant is asserted or 
 8. Faust's commit (every ``commit_interval_s``) first flushes the producer — changelog, recommendations and
    dead letters are then durable — and only then commits the acked offsets. (Faust's own flush of the
    buffer that carries the changelog could return early; :mod:`streams.faust_fixes`, 5, makes it wait.)
+   The commit stops at the first offset not acked; it moves past a hole only where the log holds no record
+   (transaction markers), read from the log (:mod:`streams.faust_fixes`, 6), never on the fetcher's word.
 
 A crash anywhere before 8 replays the batch: step 3 skips what the recovered table already holds, steps 4–6
 rewrite the same results. Steps 2–7 never run concurrently with the new-image push (one lock), so result
@@ -177,6 +179,36 @@ class OffsetGuard:
             if nxt is not None:
                 self.next[tp] = nxt
         return keep, seeks, dropped
+
+    async def admit_checked(self, events: list[faust.EventT], first_offset_from
+                            ) -> tuple[list[faust.EventT], dict[Any, int], int]:
+        """:meth:`admit`, with every hole read from the log (``await first_offset_from(tp, offset)``: the first
+        record at or after ``offset``). A hole the log holds no record in (transaction markers) is skipped and
+        the rest of the batch admitted from there, so records behind a marker are not held back until some later
+        batch happens to arrive; only holes with records in them are returned, to be sought back."""
+        keep_all: list[faust.EventT] = []
+        holes: dict[Any, int] = {}
+        dropped_all = 0
+        todo = events
+        while todo:
+            keep, seeks, dropped = self.admit(todo)
+            keep_all += keep
+            dropped_all += dropped
+            again: list[faust.EventT] = []
+            for tp, offset in seeks.items():
+                first = await first_offset_from(tp, offset)
+                if first is None or first <= offset:
+                    holes[tp] = offset
+                    continue
+                log.info("%s/%d has no record %d..%d (a real gap in the log): continuing at %d",
+                         tp[0], tp[1], offset, first - 1, first)
+                self.skip_to(tp, first)
+                rest = [ev for ev in todo if ev.message.tp == tp and ev.message.offset >= first]
+                for ev in rest:
+                    faust_fixes.release(ev.message)
+                again += rest
+            todo = again
+        return keep_all, holes, dropped_all
 
     def overdue(self) -> dict[Any, int]:
         """Seeks still unanswered ``reseek_s`` after they were made (marked as made again now).
@@ -357,16 +389,10 @@ class Pipeline:
         unknown = sorted({ev.message.tp for ev in events if ev.message.tp not in self.guard.next})
         if unknown:
             self.guard.start(await self._lag_monitor().start_offsets(self.s.app_id, unknown))
-        keep, seeks, dropped = self.guard.admit(events)
+        keep, holes, dropped = await self.guard.admit_checked(events, self._lag_monitor().first_offset_from)
         if dropped:  # not duplicates of applied events: copies of records this generation already took
             metrics.REDELIVERED.inc(dropped)
-        for tp, offset in seeks.items():
-            first = await self._lag_monitor().first_offset_from(tp, offset)
-            if first is not None and first > offset:
-                log.info("%s/%d has no record %d..%d (a real gap in the log): continuing at %d",
-                         tp.topic, tp.partition, offset, first - 1, first)
-                self.guard.skip_to(tp, first)
-                continue
+        for tp, offset in holes.items():
             metrics.OFFSET_HOLES.inc()
             log.warning("hole in %s/%d at offset %d (record not delivered, e.g. after a rebalance): seeking back",
                         tp.topic, tp.partition, offset)
@@ -835,6 +861,7 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
         producer_acks=-1, table_standby_replicas=0, stream_wait_empty=True, logging_config=None,
     )
     pipe = Pipeline(app, s)
+    faust_fixes.set_log_reader(app, lambda tp, offset: pipe._lag_monitor().first_offset_from(tp, offset))
     if pipe.core.learn_ranker:  # before the event loop runs: the scorer's first step would stall it for seconds
         log.info("torch preloaded for the online scorer in %.1f s", preload_torch())
 

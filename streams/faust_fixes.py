@@ -1,4 +1,4 @@
-"""Fixes for four faust-streaming 0.15.x bugs that break at-least-once delivery, and the hook that keeps
+"""Fixes for five faust-streaming 0.15.x bugs that break at-least-once delivery, and the hook that keeps
 records the offset guard held back out of the commit.
 
 1. **Off-by-one in the head-gap check** (``Consumer._new_offset``). ``_committed_offset[tp]`` holds the
@@ -45,6 +45,20 @@ records the offset guard held back out of the commit.
    records are then processed again). ``test_kill9_right_after_a_commit_while_the_changelog_is_slow``
    (the ``slow_changelog`` failpoint) loses events in every run without this fix.
 
+6. **Holes booked as gaps without looking** (``Consumer._add_gap``). When the fetcher receives a record more
+   than one offset past the last one it read, Faust books the offsets in between *and the received record
+   itself* as a "gap" (its bookkeeping for transaction markers), and the commit counts a gap as done.
+   But a jump also happens when records were fetched and not delivered: e.g. records fetched before the
+   offset guard's seek back and drained after it (the read offset is reset by the seek, then jumps). The
+   commit then ran past records nobody had applied: seen as ``ub/2`` offsets 241-247 committed and never
+   applied in 1 of 162 runs of the scaling test (the group's commits went 241 -> 248, the end of the
+   booked gap, just before a rebalance). Fixed: the fetcher books nothing; a hole between the committed
+   offset and the first acked one is read from the log instead (:func:`set_log_reader`, off the commit
+   path, at most once per ``RECHECK_HOLE_S`` per partition), and only offsets the log holds no record at
+   are booked as a gap. Offsets with records wait until the records are applied (the offset guard seeks
+   back to them). This also lets the commit move past a transaction marker at the committed offset after
+   a restart, where 1 made it wait forever (the fetcher books no gap for the first record it reads).
+
 All are applied once by :func:`apply` (idempotent) before the app is created.
 """
 
@@ -57,6 +71,8 @@ import logging
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 _APPLIED = False
@@ -66,6 +82,9 @@ ORIGINAL_ACK = Consumer.ack
 ORIGINAL_BUFFER_FLUSH = ProducerBuffer.flush
 ORIGINAL_BUFFER_PUT = ProducerBuffer.put
 ORIGINAL_SEND_PENDING = ProducerBuffer._send_pending
+ORIGINAL_ADD_GAP = Consumer._add_gap
+#: How long after reading a hole from the log the same hole may be read again (seconds; see 6).
+RECHECK_HOLE_S = 5.0
 #: While the buffer is stopping, how long a flush waits for the message being handed over (seconds).
 STOPPING_HANDOVER_S = 10.0
 
@@ -78,6 +97,11 @@ _HELD_BACK: set[int] = set()
 def hold_back(message) -> None:
     """This delivered copy of a record was not applied: its ack must not advance the commit."""
     _HELD_BACK.add(id(message))
+
+
+def release(message) -> None:
+    """Undo :func:`hold_back`: this copy is applied after all (the hole before it was a gap in the log)."""
+    _HELD_BACK.discard(id(message))
 
 
 def is_stale(consumer: Consumer, message) -> bool:
@@ -98,7 +122,67 @@ def _head_gap(consumer: Consumer, tp) -> bool:
     covered: set[int] = set()
     for iv in consumer._gap[tp].overlap(lo, hi):
         covered.update(range(max(iv.begin, lo), min(iv.end, hi)))
-    return len(covered) < hi - lo
+    if len(covered) == hi - lo:
+        return False
+    _check_hole(consumer, tp, next(o for o in range(lo, hi) if o not in covered), hi)
+    return True
+
+
+def set_log_reader(app, first_offset_from) -> None:
+    """Install how the commit reads a hole from the log (see 6): ``await first_offset_from(tp, offset)`` is
+    the offset of the first record at or after ``offset`` in partition ``tp`` (None: could not tell).
+    Without one, no hole is ever booked as a gap and the commit waits at every hole."""
+    app._reco_first_offset_from = first_offset_from
+
+
+def _check_hole(consumer: Consumer, tp, lo: int, hi: int) -> None:
+    """Read offsets ``lo``..``hi - 1`` of ``tp`` (no record there was acked) from the log in the background;
+    offsets that hold no record are booked as a gap, so the next commit can move past them."""
+    reader = getattr(getattr(consumer, "app", None), "_reco_first_offset_from", None)
+    if reader is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    checks = consumer.__dict__.setdefault("_reco_hole_checks", {})
+    last = checks.get(tp)  # (lo, started at, task)
+    if last is not None and (not last[2].done() or (last[0] == lo and loop.time() - last[1] < RECHECK_HOLE_S)):
+        return
+    task = loop.create_task(_read_hole(consumer, tp, lo, hi, reader))
+    checks[tp] = (lo, loop.time(), task)
+
+
+async def _read_hole(consumer: Consumer, tp, lo: int, hi: int, reader) -> None:
+    try:
+        first = await reader(tp, lo)
+    except Exception as exc:  # the commit keeps waiting at the hole; read again later
+        log.warning("could not read %s from offset %d to tell a gap from unapplied records: %r", _name(tp), lo,
+                    exc)
+        first = None
+    if first is None:
+        metrics.COMMIT_HOLES.labels("unknown").inc()
+        return
+    end = min(first, hi)
+    if end > lo:  # no record at lo..end-1: a real gap (transaction markers, compaction)
+        consumer._gap[tp].addi(lo, end)
+        consumer._gap[tp].merge_overlaps()
+        metrics.COMMIT_HOLES.labels("gap").inc()
+        log.info("%s has no record at offsets %d..%d: booked as a gap for the commit", _name(tp), lo, end - 1)
+    if end < hi:  # a record at `end` was not applied yet: the commit waits for it (it is re-fetched)
+        metrics.COMMIT_HOLES.labels("records").inc()
+        log.warning("%s: record %d is in the log but not acked while later ones are; the commit waits for it",
+                    _name(tp), end)
+
+
+async def _add_gap(self: Consumer, tp, offset_from: int, offset_to: int) -> None:
+    """The fetcher saw the read offset jump to ``offset_to``: book nothing (see 6); the commit reads the hole
+    from the log when it gets there."""
+    log.debug("%s: fetcher jumped to %d after %d; not booked as a gap", _name(tp), offset_to, offset_from - 1)
+
+
+def _name(tp) -> str:
+    return f"{tp[0]}/{tp[1]}"
 
 
 def not_handed_over(buffer: ProducerBuffer) -> int:
@@ -183,4 +267,5 @@ def apply() -> None:
     ProducerBuffer.put = _put
     ProducerBuffer._send_pending = _send_pending
     ProducerBuffer.flush = _buffer_flush
+    Consumer._add_gap = _add_gap
     _APPLIED = True

@@ -98,8 +98,9 @@ class LagMonitor:
 
     async def first_offset_from(self, tp: TopicPartition, offset: int, timeout_s: float = 5.0) -> int | None:
         """The offset of the first record at or after ``offset`` in the log (None: none within the timeout).
-        Tells a real gap in a partition (transaction markers) from a record a consumer failed to deliver."""
-        c = AIOKafkaConsumer(**client_kwargs(self.s), enable_auto_commit=False, isolation_level="read_committed")
+        Tells a real gap in a partition (transaction markers) from a record a consumer failed to deliver; read
+        as Faust's consumer reads (``read_uncommitted``: records of aborted transactions are delivered too)."""
+        c = AIOKafkaConsumer(**client_kwargs(self.s), enable_auto_commit=False, isolation_level="read_uncommitted")
         await c.start()
         try:
             c.assign([tp])

@@ -26,6 +26,10 @@ REVOKED_SKIPPED = Counter("reco_revoked_skipped", "Buffered records dropped beca
                           "(reprocessed by the new owner)", registry=REGISTRY)
 OFFSET_HOLES = Counter("reco_offset_holes", "Holes in a partition's delivered offsets repaired by seeking back",
                        registry=REGISTRY)
+COMMIT_HOLES = Counter("reco_commit_holes", "Holes before a partition's first acked offset read from the log by "
+                       "the commit, by verdict: gap (no record there: booked, the commit moves past it), records "
+                       "(a record not applied yet: the commit waits), unknown (could not read)", ["verdict"],
+                       registry=REGISTRY)
 PUSH_REFRESHES = Counter("reco_push_refreshes", "Recommendation refreshes triggered by new images",
                          registry=REGISTRY)
 QUIET_REFRESHES = Counter("reco_quiet_refreshes", "Replayable mode: results refreshed because their partition went "

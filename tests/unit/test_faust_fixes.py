@@ -143,3 +143,111 @@ async def test_patched_buffer_flush_does_not_wait_for_messages_put_after_it_bega
     await asyncio.wait_for(flush, 5)
     assert len(channel.handed) == 1, "the flush waits for the message put before it, and only for that one"
     await finish(buf, channel, 4)
+
+
+# --- 6: holes are read from the log before the commit moves past them ---------------------------------------
+
+
+class Log:
+    """The seam where the commit reads a partition: ``records`` are the offsets that hold a record."""
+
+    def __init__(self, records, fail: bool = False) -> None:
+        self.records, self.fail, self.reads = sorted(records), fail, []
+
+    async def first_offset_from(self, tp, offset):
+        self.reads.append(offset)
+        if self.fail:
+            raise ConnectionError("broker gone")
+        return next((o for o in self.records if o >= offset), None)
+
+
+def reading(log: Log, committed, acked):
+    c = fake(committed, acked)
+    c.app = SimpleNamespace()
+    faust_fixes.set_log_reader(c.app, log.first_offset_from)
+    return c
+
+
+async def settle(c) -> None:
+    task = c._reco_hole_checks[TP][2]
+    await task
+
+
+async def test_upstream_gap_bookkeeping_commits_records_nobody_applied():
+    # The offset guard sought back to 241 (Faust's read offset: 241); record 248, fetched before the seek, is
+    # drained after it: the fetcher books 242..248 as a gap. 241..243 are applied and acked, one commit
+    # after each, then one more commit: Faust commits 249, past 244..248, which nobody applied (a rebalance
+    # or crash then loses them: the scaling test's loss).
+    c = fake(241, [])
+    await faust_fixes.ORIGINAL_ADD_GAP(c, TP, 242, 248)
+    assert commits(faust_fixes.ORIGINAL_NEW_OFFSET, c, applied=[241, 242, 243, None]) == [242, 243, 244, 249]
+
+
+async def test_patched_fetcher_books_no_gap_and_the_commit_stops_at_what_was_applied(patched):
+    c = fake(241, [])
+    await Consumer._add_gap(c, TP, 242, 248)
+    assert not c._gap[TP]
+    assert commits(patched, c, applied=[241, 242, 243, None]) == [242, 243, 244, None]
+
+
+def commits(new_offset, c, applied) -> list:
+    """One commit after each record is applied (None: a commit with nothing new acked)."""
+    out = []
+    for offset in applied:
+        if offset is not None:
+            c._acked[TP].append(offset)
+            c._acked_index[TP].add(offset)
+        out.append(new_offset(c, TP))
+        if out[-1] is not None:
+            c._committed_offset[TP] = out[-1]
+    return out
+
+
+async def test_a_hole_without_records_is_booked_and_the_commit_moves_past_it(patched):
+    # a transaction marker at the committed offset 101, e.g. after a restart: the fetcher books nothing
+    # for the first record it reads, and 1 alone would make the commit wait there forever
+    log = Log(records=[100, 102, 103])
+    c = reading(log, 101, [102, 103])
+    assert patched(c, TP) is None  # not known yet: no commit past it
+    await settle(c)
+    assert log.reads == [101]
+    assert patched(c, TP) == 104
+
+
+async def test_a_hole_with_records_is_not_booked_and_read_again_later(patched, monkeypatch):
+    log = Log(records=range(240, 260))  # 241..247 are in the log: fetched and never delivered
+    c = reading(log, 241, [248, 249])
+    assert patched(c, TP) is None
+    await settle(c)
+    assert not c._gap[TP]
+    assert patched(c, TP) is None and log.reads == [241], "read at most once per RECHECK_HOLE_S"
+    monkeypatch.setattr(faust_fixes, "RECHECK_HOLE_S", 0.0)
+    assert patched(c, TP) is None
+    await settle(c)
+    assert log.reads == [241, 241]
+    c._acked[TP] = list(range(241, 250))  # the guard's seek back delivered them, and they were applied
+    c._acked_index[TP] = set(c._acked[TP])
+    assert patched(c, TP) == 250
+
+
+async def test_only_the_recordless_part_of_a_hole_is_booked(patched):
+    log = Log(records=[100, 103, 104])  # 101, 102: markers; 103: a record not applied yet
+    c = reading(log, 101, [104])
+    assert patched(c, TP) is None
+    await settle(c)
+    assert [(iv.begin, iv.end) for iv in c._gap[TP]] == [(101, 103)]
+    assert patched(c, TP) is None, "103 holds a record: the commit waits for it"
+
+
+async def test_a_log_that_cannot_be_read_books_nothing(patched, monkeypatch):
+    log = Log(records=[102], fail=True)
+    c = reading(log, 101, [102])
+    assert patched(c, TP) is None
+    await settle(c)
+    assert not c._gap[TP] and patched(c, TP) is None
+
+
+def test_without_a_log_reader_a_hole_is_never_passed(patched):
+    c = fake(101, [102])
+    c.app = SimpleNamespace()
+    assert patched(c, TP) is None and not hasattr(c, "_reco_hole_checks")

@@ -141,3 +141,52 @@ def test_start_does_not_rewind_a_partition_a_batch_already_started():
     g.admit([ev(10), ev(11)])
     g.start({TP: 10, OTHER: 3})  # the assignment callback's read of the committed offsets, arriving late
     assert g.next == {TP: 12, OTHER: 3}
+
+
+class Log:
+    """The partition's records (offsets); a missing offset is a transaction marker or a compacted record."""
+
+    def __init__(self, records) -> None:
+        self.records = sorted(records)
+
+    async def first_offset_from(self, tp, offset):
+        return next((o for o in self.records if o >= offset), None)
+
+
+async def test_records_behind_a_transaction_marker_are_admitted_in_the_same_batch():
+    # Seen on the real broker: with the marker only skipped (skip_to), the records after it in the batch
+    # stayed held back until a later batch arrived; for the last transaction of a burst, none ever did.
+    from streams import faust_fixes
+
+    g = OffsetGuard()
+    g.reset({TP: 10, OTHER: 0})
+    batch = [ev(10), ev(12), ev(13), ev(15), ev(0, OTHER)]  # markers at 11 and 14
+    keep, holes, dropped = await g.admit_checked(batch, Log([10, 12, 13, 15, 16]).first_offset_from)
+    assert sorted(offsets(keep)) == [0, 10, 12, 13, 15] and holes == {} and dropped == 0
+    assert g.next[TP] == 16 and TP not in g.pending
+    assert not any(id(e.message) in faust_fixes._HELD_BACK for e in batch), "their acks must count"
+
+
+async def test_a_hole_with_records_in_it_is_returned_to_be_sought_back():
+    from streams import faust_fixes
+
+    g = OffsetGuard()
+    g.reset({TP: 10})
+    batch = [ev(10), ev(13), ev(14)]
+    keep, holes, _ = await g.admit_checked(batch, Log(range(10, 20)).first_offset_from)  # 11, 12 exist
+    assert offsets(keep) == [10] and holes == {TP: 11} and g.next[TP] == 11
+    assert all(id(e.message) in faust_fixes._HELD_BACK for e in batch[1:])
+    for e in batch[1:]:
+        faust_fixes.release(e.message)
+
+
+async def test_a_marker_then_a_hole_with_records_stops_at_the_records():
+    from streams import faust_fixes
+
+    g = OffsetGuard()
+    g.reset({TP: 10})
+    batch = [ev(12), ev(15)]
+    keep, holes, _ = await g.admit_checked(batch, Log([12, 13, 14, 15]).first_offset_from)  # markers: 10, 11
+    assert offsets(keep) == [12] and holes == {TP: 13}
+    assert id(batch[1].message) in faust_fixes._HELD_BACK
+    faust_fixes.release(batch[1].message)

@@ -1,0 +1,71 @@
+"""The worker's commits on the real broker: transaction markers are offsets no consumer receives (holes in
+what Faust delivers); the commit must move past them, also when the worker resumes at one after a restart
+(streams/faust_fixes.py, 6: a hole is read from the log before the commit moves past it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from streams.kafka import client_kwargs
+from streams.lag import LagMonitor
+from tests.conftest import wait_until
+from tests.integration.test_pipeline import make_events, make_images
+from tests.kafka_io import produce, sync_ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+async def produce_in_transactions(s, records, per_transaction: int, txn_id: str) -> list[int]:
+    """Send ``records`` to partition 0 of the behaviour topic, ``per_transaction`` per committed transaction
+    (each commit writes a marker after them); returns their offsets."""
+    prod = AIOKafkaProducer(**client_kwargs(s), transactional_id=txn_id)
+    await prod.start()
+    offsets = []
+    try:
+        for i in range(0, len(records), per_transaction):
+            async with prod.transaction():
+                futs = [await prod.send(s.topic_behavior, key=k, value=v, partition=0)
+                        for k, v in records[i:i + per_transaction]]
+            offsets += [(await f).offset for f in futs]
+    finally:
+        await prod.stop()
+    return offsets
+
+
+def committed(s) -> int:
+    async def read():
+        mon = LagMonitor(s)
+        try:
+            tp = TopicPartition(s.topic_behavior, 0)
+            return (await mon.start_offsets(s.app_id, [tp]))[tp]
+        finally:
+            await mon.close()
+    return asyncio.run(read())
+
+
+def test_commits_move_past_transaction_markers_across_a_restart(make_settings, start_worker):
+    s = make_settings(partitions=1, commit_interval_s=0.2)
+    sync_ensure_topics(s)
+    images, theme_of, _ = make_images(40, s.dim, seed=7)
+    asyncio.run(produce(s, s.topic_images, images))
+    users = [f"x{i}" for i in range(6)]
+    events, _ = make_events(users, theme_of, 60, seed=8)
+
+    w = start_worker(s)
+    first = asyncio.run(produce_in_transactions(s, events[:30], 5, f"{s.app_id}-txn"))
+    assert first[5] == first[4] + 2, "a transaction's commit marker takes an offset"
+    wait_until(lambda: committed(s) == first[-1] + 1, 30,
+               what=f"the commit past the first markers (at {committed(s)}; records at {first})")
+    assert w.stop() == 0  # resumes at first[-1] + 1: the last transaction's marker
+
+    w2 = start_worker(s, name="restarted")
+    second = asyncio.run(produce_in_transactions(s, events[30:], 5, f"{s.app_id}-txn"))
+    assert second[0] == first[-1] + 2
+    wait_until(lambda: committed(s) == second[-1] + 1, 30,
+               what=f"the restarted worker's commit past the marker it resumed at ({first[-1] + 1}; at "
+                    f"{committed(s)}; records at {second})")
+    assert w2.metric("reco_commit_holes_total", verdict="gap") >= 1
+    assert w2.metric("reco_events_consumed_total", topic=s.topic_behavior) == 30
