@@ -74,6 +74,7 @@ from .diagnostics import stall_report
 from .errors import InvalidEvent, invalid
 from .kafka import faust_credentials
 from .lag import LagMonitor
+from .recovery_repair import RecoveryRepair, repair_recovery
 from .redis_store import RecWrite, RedisRecStore
 from .schemas import BehaviorEvent, catalog_record, dead_letter, parse_behavior, parse_image, recommendation_event
 from .settings import Settings
@@ -265,6 +266,8 @@ class Pipeline:
         self._slice_cost = 0.001  # seconds of steps 3-6 per event (EWMA), sizes the slices
         self.lag_monitor: LagMonitor | None = None
         self.watchdog = Watchdog(s.stall_timeout_s)
+        self.recovery_repair = RecoveryRepair(s.recovery_reseek_s)
+        self._repair_task: asyncio.Future | None = None
         self.guard = OffsetGuard()
         self.trace_batches = bool(os.environ.get("RECO_DEBUG_BATCHES"))
         self.redis_marker = f"{s.redis_key_prefix}__worker__:{self.worker_id}"
@@ -405,12 +408,24 @@ class Pipeline:
             log.warning("no record of %s/%d since seeking back to %d: seeking again", tp.topic, tp.partition, offset)
             await self.app.consumer.seek(tp, offset)
 
+    async def _repair_recovery_every_second(self) -> None:
+        """:func:`~streams.recovery_repair.repair_recovery` once a second, from the first assignment on (it must
+        run during the first table recovery too, when none of Faust's timers or tasks run yet)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await repair_recovery(self.app, self.recovery_repair)
+            except Exception as exc:  # a diagnosis aid: never let it take the worker down
+                log.warning("table recovery repair check failed: %r", exc)
+
     def _lag_monitor(self) -> LagMonitor:
         if self.lag_monitor is None:
             self.lag_monitor = LagMonitor(self.s)
         return self.lag_monitor
 
     async def on_assigned(self, assigned) -> None:
+        if self._repair_task is None:  # Faust starts timers and tasks only after the first table recovery
+            self._repair_task = self.app.add_future(self._repair_recovery_every_second())
         mine = [tp for tp in assigned if tp.topic == self.s.topic_behavior]
         self.guard.forget(list(self.guard.next))
         if mine:
@@ -840,6 +855,31 @@ def _slow_changelog_failpoint(delay_s: float) -> None:
     log.warning("fault injection: slow_changelog (%.2fs per changelog record)", delay_s)
 
 
+def _drop_recovery_records_failpoint(app: faust.App) -> None:
+    """Test-only: the first changelog records the Kafka client fetches during table recovery are dropped
+    before Faust's fetcher sees them (the client's position is past them), as Faust's own fetcher does when
+    a generation changes mid-batch (streams/recovery_repair.py)."""
+    from faust.transport.consumer import Consumer
+
+    original = Consumer._wait_next_records
+    dropped = False
+
+    async def _wait_next_records(self, timeout):
+        nonlocal dropped
+        records, active = await original(self, timeout)
+        if not dropped and records and getattr(app, "in_recovery", False):
+            lost = {tp: recs for tp, recs in records.items() if tp.topic.endswith("-changelog")}
+            if lost:
+                dropped = True
+                log.warning("fault injection: dropped %d changelog record(s) fetched in recovery: %s",
+                            sum(len(r) for r in lost.values()),
+                            sorted(f"{tp.topic}/{tp.partition}" for tp in lost))
+                records = {tp: recs for tp, recs in records.items() if tp not in lost}
+        return records, active
+
+    Consumer._wait_next_records = _wait_next_records
+
+
 def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
     s = s or Settings()
     import faiss
@@ -861,6 +901,8 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
         producer_acks=-1, table_standby_replicas=0, stream_wait_empty=True, logging_config=None,
     )
     pipe = Pipeline(app, s)
+    if s.fault_injection == "drop_recovery_records":
+        _drop_recovery_records_failpoint(app)
     faust_fixes.set_log_reader(app, lambda tp, offset: pipe._lag_monitor().first_offset_from(tp, offset))
     if pipe.core.learn_ranker:  # before the event loop runs: the scorer's first step would stall it for seconds
         log.info("torch preloaded for the online scorer in %.1f s", preload_torch())

@@ -30,6 +30,8 @@ COMMIT_HOLES = Counter("reco_commit_holes", "Holes before a partition's first ac
                        "the commit, by verdict: gap (no record there: booked, the commit moves past it), records "
                        "(a record not applied yet: the commit waits), unknown (could not read)", ["verdict"],
                        registry=REGISTRY)
+RECOVERY_RESEEKS = Counter("reco_recovery_reseeks", "Changelog partitions table recovery waited on while the Kafka "
+                           "client was past them (records fetched and dropped), sought back", registry=REGISTRY)
 PUSH_REFRESHES = Counter("reco_push_refreshes", "Recommendation refreshes triggered by new images",
                          registry=REGISTRY)
 QUIET_REFRESHES = Counter("reco_quiet_refreshes", "Replayable mode: results refreshed because their partition went "

@@ -93,6 +93,26 @@ def test_kill9_right_after_a_commit_while_the_changelog_is_slow(make_settings, s
     wl.verify()
 
 
+def test_recovery_refetches_changelog_records_its_fetcher_dropped(make_settings, start_worker):
+    """Faust's table recovery waited forever when its fetcher dropped changelog records the Kafka client had
+    already fetched (the scaling test's recovery hang); streams/recovery_repair.py seeks such a partition
+    back. The failpoint drops the first changelog records fetched in the restarted worker's recovery."""
+    s, wl, w = _ready_workload(make_settings, start_worker, partitions=2, recovery_reseek_s=3.0)
+    n = len(wl.events)
+    wl.produce_events(0, n // 2)
+    wl.wait_processed(upto=n // 2)
+    assert w.stop(timeout=30) == 0
+    w = start_worker(s.model_copy(update={"fault_injection": "drop_recovery_records"}), name="dropped-in-recovery")
+    wl.produce_events(n // 2, n)
+    try:
+        wl.wait_processed(timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- worker log tail ---\n{w.tail(80)}") from None
+    assert "fault injection: dropped" in w.log_path.read_text(errors="replace")
+    assert w.metric("reco_recovery_reseeks_total") >= 1
+    wl.verify()
+
+
 @MODES
 def test_sigterm_finishes_in_flight_batch_commits_and_exits(make_settings, start_worker, replayable):
     s, wl, w = _ready_workload(make_settings, start_worker, partitions=2, commit_interval_s=5.0,
