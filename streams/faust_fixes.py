@@ -56,7 +56,8 @@ records the offset guard held back out of the commit.
    offset and the first acked one is read from the log instead (:func:`set_log_reader`, off the commit
    path, at most once per ``RECHECK_HOLE_S`` per partition), and only offsets the log holds no record at
    are booked as a gap. Offsets with records wait until the records are applied (the offset guard seeks
-   back to them). This also lets the commit move past a transaction marker at the committed offset after
+   back to them on the behaviour topic; on other topics, a record still missing at the next read is sought
+   back to here). This also lets the commit move past a transaction marker at the committed offset after
    a restart, where 1 made it wait forever (the fetcher books no gap for the first record it reads).
 
 All are applied once by :func:`apply` (idempotent) before the app is created.
@@ -169,10 +170,26 @@ async def _read_hole(consumer: Consumer, tp, lo: int, hi: int, reader) -> None:
         consumer._gap[tp].merge_overlaps()
         metrics.COMMIT_HOLES.labels("gap").inc()
         log.info("%s has no record at offsets %d..%d: booked as a gap for the commit", _name(tp), lo, end - 1)
-    if end < hi:  # a record at `end` was not applied yet: the commit waits for it (it is re-fetched)
-        metrics.COMMIT_HOLES.labels("records").inc()
+    missing = consumer.__dict__.setdefault("_reco_missing", {})  # tp -> (offset of the missing record, since)
+    if end >= hi:
+        missing.pop(tp, None)
+        return
+    # A record at `end` was not applied yet: the commit waits for it. The offset guard seeks back to such a
+    # record on the behaviour topic; on any other topic nothing would re-fetch it in this generation (Faust
+    # drops re-fetched records below its read offset). So when the same record is still missing at the next
+    # read (RECHECK_HOLE_S later), the partition is sought back to it here.
+    metrics.COMMIT_HOLES.labels("records").inc()
+    now = asyncio.get_running_loop().time()
+    seen = missing.get(tp)
+    if seen is None or seen[0] != end:
+        missing[tp] = (end, now)
         log.warning("%s: record %d is in the log but not acked while later ones are; the commit waits for it",
                     _name(tp), end)
+    elif now - seen[1] >= RECHECK_HOLE_S and tp in consumer.assignment():
+        missing[tp] = (end, now)
+        log.warning("%s: record %d is still in the log and not acked while later ones are: seeking back to it",
+                    _name(tp), end)
+        await consumer.seek(tp, end)
 
 
 async def _add_gap(self: Consumer, tp, offset_from: int, offset_to: int) -> None:
@@ -249,6 +266,7 @@ def apply() -> None:
             self._acked.pop(tp, None)
             self._acked_index.pop(tp, None)
             self._gap.pop(tp, None)
+            self.__dict__.get("_reco_missing", {}).pop(tp, None)
         return await original_assigned(self, assigned, generation_id)
 
     def ack(self, message) -> bool:

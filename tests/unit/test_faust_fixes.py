@@ -161,10 +161,16 @@ class Log:
         return next((o for o in self.records if o >= offset), None)
 
 
-def reading(log: Log, committed, acked):
+def reading(log: Log, committed, acked, assigned=True):
     c = fake(committed, acked)
     c.app = SimpleNamespace()
     faust_fixes.set_log_reader(c.app, log.first_offset_from)
+    c.seeks = []
+    c.assignment = lambda: {TP} if assigned else set()
+
+    async def seek(tp, offset):
+        c.seeks.append((tp, offset))
+    c.seek = seek
     return c
 
 
@@ -219,15 +225,25 @@ async def test_a_hole_with_records_is_not_booked_and_read_again_later(patched, m
     c = reading(log, 241, [248, 249])
     assert patched(c, TP) is None
     await settle(c)
-    assert not c._gap[TP]
+    assert not c._gap[TP] and c.seeks == []
     assert patched(c, TP) is None and log.reads == [241], "read at most once per RECHECK_HOLE_S"
     monkeypatch.setattr(faust_fixes, "RECHECK_HOLE_S", 0.0)
     assert patched(c, TP) is None
     await settle(c)
     assert log.reads == [241, 241]
-    c._acked[TP] = list(range(241, 250))  # the guard's seek back delivered them, and they were applied
+    assert c.seeks == [(TP, 241)], "still missing at the next read: sought back (nothing else re-fetches it)"
+    c._acked[TP] = list(range(241, 250))  # the seek back delivered them, and they were applied
     c._acked_index[TP] = set(c._acked[TP])
     assert patched(c, TP) == 250
+
+
+async def test_a_missing_record_of_a_partition_no_longer_assigned_is_not_sought(patched, monkeypatch):
+    monkeypatch.setattr(faust_fixes, "RECHECK_HOLE_S", 0.0)
+    c = reading(Log(records=range(240, 260)), 241, [248], assigned=False)
+    for _ in range(3):
+        assert patched(c, TP) is None
+        await settle(c)
+    assert c.seeks == []
 
 
 async def test_only_the_recordless_part_of_a_hole_is_booked(patched):
