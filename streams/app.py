@@ -855,26 +855,39 @@ def _slow_changelog_failpoint(delay_s: float) -> None:
     log.warning("fault injection: slow_changelog (%.2fs per changelog record)", delay_s)
 
 
-def _drop_recovery_records_failpoint(app: faust.App) -> None:
-    """Test-only: the first changelog records the Kafka client fetches during table recovery are dropped
-    before Faust's fetcher sees them (the client's position is past them), as Faust's own fetcher does when
-    a generation changes mid-batch (streams/recovery_repair.py)."""
+def _drop_fetched_failpoint(app: faust.App, s: Settings) -> None:
+    """Test-only: records the Kafka client fetched are dropped once before Faust's fetcher sees them (the
+    client's position is past them), as Faust's own fetcher does when a generation changes mid-batch.
+    ``drop_recovery_records``: the first changelog records fetched during table recovery
+    (streams/recovery_repair.py). ``drop_fetched_images``: all but the last of the first fetch of two or more
+    new-images records after one was delivered, so the fetcher's read offset jumps (streams/faust_fixes.py, 6)."""
     from faust.transport.consumer import Consumer
 
     original = Consumer._wait_next_records
-    dropped = False
+    state = {"dropped": False, "delivered": False}
+
+    def victims(records) -> dict:
+        if s.fault_injection == "drop_recovery_records":
+            if not getattr(app, "in_recovery", False):
+                return {}
+            return {tp: recs for tp, recs in records.items() if tp.topic.endswith("-changelog")}
+        images = {tp: recs for tp, recs in records.items() if tp.topic == s.topic_images}
+        if not state["delivered"]:
+            state["delivered"] = bool(images)
+            return {}
+        return {tp: recs[:-1] for tp, recs in images.items() if len(recs) >= 2}
 
     async def _wait_next_records(self, timeout):
-        nonlocal dropped
         records, active = await original(self, timeout)
-        if not dropped and records and getattr(app, "in_recovery", False):
-            lost = {tp: recs for tp, recs in records.items() if tp.topic.endswith("-changelog")}
-            if lost:
-                dropped = True
-                log.warning("fault injection: dropped %d changelog record(s) fetched in recovery: %s",
-                            sum(len(r) for r in lost.values()),
-                            sorted(f"{tp.topic}/{tp.partition}" for tp in lost))
-                records = {tp: recs for tp, recs in records.items() if tp not in lost}
+        if state["dropped"] or not records:
+            return records, active
+        lost = victims(records)
+        if lost:
+            state["dropped"] = True
+            log.warning("fault injection: dropped %d fetched record(s) of %s", sum(len(r) for r in lost.values()),
+                        sorted(f"{tp.topic}/{tp.partition}@{recs[0].offset}-{recs[-1].offset}" for tp, recs in lost.items()))
+            gone = {id(r) for recs in lost.values() for r in recs}
+            records = {tp: [r for r in recs if id(r) not in gone] for tp, recs in records.items()}
         return records, active
 
     Consumer._wait_next_records = _wait_next_records
@@ -901,8 +914,8 @@ def create_app(s: Settings | None = None) -> tuple[faust.App, Pipeline]:
         producer_acks=-1, table_standby_replicas=0, stream_wait_empty=True, logging_config=None,
     )
     pipe = Pipeline(app, s)
-    if s.fault_injection == "drop_recovery_records":
-        _drop_recovery_records_failpoint(app)
+    if s.fault_injection in ("drop_recovery_records", "drop_fetched_images"):
+        _drop_fetched_failpoint(app, s)
     faust_fixes.set_log_reader(app, lambda tp, offset: pipe._lag_monitor().first_offset_from(tp, offset))
     if pipe.core.learn_ranker:  # before the event loop runs: the scorer's first step would stall it for seconds
         log.info("torch preloaded for the online scorer in %.1f s", preload_torch())

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(60.0, gt=0, description="Watchdog: a batch or the event loop stuck this long, or input pending with no batch, = exit non-zero (seconds).")
     recovery_reseek_s: float = Field(10.0, gt=0, description="Table recovery: a changelog partition it has applied nothing of for this long while the Kafka client is past it (records fetched and dropped) is sought back (seconds).")
     redis_check_interval_s: float = Field(5.0, gt=0, description="How often a worker checks its Redis marker key and repopulates a flushed/restarted Redis (seconds).")
-    fault_injection: Literal["", "crash", "stall", "block_loop", "slow_changelog", "drop_recovery_records"] = Field("", description="Test-only failpoint: a behaviour event whose image_id is '__fault__' crashes/stalls the batch or blocks the loop; 'slow_changelog': every user-table changelog record takes 0.15 s to reach the Kafka client (a slow broker); 'drop_recovery_records': the first changelog records fetched in table recovery are dropped before Faust sees them.")
+    fault_injection: Literal["", "crash", "stall", "block_loop", "slow_changelog", "drop_recovery_records", "drop_fetched_images"] = Field("", description="Test-only failpoint: a behaviour event whose image_id is '__fault__' crashes/stalls the batch or blocks the loop; 'slow_changelog': every user-table changelog record takes 0.15 s to reach the Kafka client (a slow broker); 'drop_recovery_records': the first changelog records fetched in table recovery are dropped before Faust sees them; 'drop_fetched_images': once, all but the last of a fetch of new-images records are dropped (Faust's read offset jumps).")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
