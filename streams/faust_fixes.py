@@ -189,7 +189,10 @@ async def _read_hole(consumer: Consumer, tp, lo: int, hi: int, reader) -> None:
         missing[tp] = (end, now)
         log.warning("%s: record %d is still in the log and not acked while later ones are: seeking back to it",
                     _name(tp), end)
-        await consumer.seek(tp, end)
+        try:
+            await consumer.seek(tp, end)
+        except Exception as exc:  # e.g. revoked meanwhile: the next read tries again
+            log.warning("%s: could not seek back to %d: %r", _name(tp), end, exc)
 
 
 async def _add_gap(self: Consumer, tp, offset_from: int, offset_to: int) -> None:

@@ -267,3 +267,18 @@ def test_without_a_log_reader_a_hole_is_never_passed(patched):
     c = fake(101, [102])
     c.app = SimpleNamespace()
     assert patched(c, TP) is None and not hasattr(c, "_reco_hole_checks")
+
+
+async def test_a_failed_seek_back_is_logged_and_tried_again(patched, monkeypatch):
+    monkeypatch.setattr(faust_fixes, "RECHECK_HOLE_S", 0.0)
+    c = reading(Log(records=range(240, 260)), 241, [248])
+    tries = []
+
+    async def seek(tp, offset):
+        tries.append(offset)
+        raise RuntimeError("partition revoked meanwhile")
+    c.seek = seek
+    for _ in range(3):
+        assert patched(c, TP) is None
+        await settle(c)  # the task does not fail
+    assert tries == [241, 241]
