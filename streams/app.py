@@ -884,8 +884,8 @@ def _drop_fetched_failpoint(app: faust.App, s: Settings) -> None:
         lost = victims(records)
         if lost:
             state["dropped"] = True
-            log.warning("fault injection: dropped %d fetched record(s) of %s", sum(len(r) for r in lost.values()),
-                        sorted(f"{tp.topic}/{tp.partition}@{recs[0].offset}-{recs[-1].offset}" for tp, recs in lost.items()))
+            spans = sorted(f"{tp.topic}/{tp.partition}@{r[0].offset}-{r[-1].offset}" for tp, r in lost.items())
+            log.warning("fault injection: dropped %d fetched record(s) of %s", sum(len(r) for r in lost.values()), spans)
             gone = {id(r) for recs in lost.values() for r in recs}
             records = {tp: [r for r in recs if id(r) not in gone] for tp, recs in records.items()}
         return records, active
