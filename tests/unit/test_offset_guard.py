@@ -6,6 +6,7 @@ import pytest
 
 from streams import faust_fixes
 from streams.app import OffsetGuard
+from tests.unit.test_faust_fixes import Log  # the partition's records; a missing offset is a marker
 
 TP = ("t", 1)
 OTHER = ("t", 2)
@@ -153,16 +154,6 @@ def test_start_does_not_rewind_a_partition_a_batch_already_started():
     g.admit([ev(10), ev(11)])
     g.start({TP: 10, OTHER: 3})  # the assignment callback's read of the committed offsets, arriving late
     assert g.next == {TP: 12, OTHER: 3}
-
-
-class Log:
-    """The partition's records (offsets); a missing offset is a transaction marker or a compacted record."""
-
-    def __init__(self, records) -> None:
-        self.records = sorted(records)
-
-    async def first_offset_from(self, tp, offset):
-        return next((o for o in self.records if o >= offset), None)
 
 
 async def test_records_behind_a_transaction_marker_are_admitted_in_the_same_batch():

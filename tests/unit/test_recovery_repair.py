@@ -7,16 +7,10 @@ from types import SimpleNamespace
 from faust.types import TP
 
 from streams.recovery_repair import RecoveryRepair, repair_recovery
+from tests.unit.test_offset_guard import Clock
 
 CL = TP("app-users-changelog", 0)
 CL1 = TP("app-users-changelog", 1)
-
-
-class Clock:
-    t = 0.0
-
-    def __call__(self):
-        return self.t
 
 
 def test_progress_or_a_client_not_ahead_is_left_alone():
