@@ -68,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
@@ -90,19 +91,25 @@ RECHECK_HOLE_S = 5.0
 STOPPING_HANDOVER_S = 10.0
 
 
-#: ``id()`` of delivered messages the offset guard did not apply (see 4). A message is in the set from the
-#: guard's decision until its ack (the batch holds a reference meanwhile, so the id cannot be reused).
-_HELD_BACK: set[int] = set()
+#: Delivered messages the offset guard did not apply (see 4), from the guard's decision until their ack. Weak
+#: references: a held-back message that is never acked (its stream skipped it, or the worker's assignment
+#: changed) leaves nothing behind. (It was a set of ``id()``s; a leftover id, reused by a later message,
+#: made that message's ack not count, and its partition's commit waited for it for good.)
+_HELD_BACK: weakref.WeakSet = weakref.WeakSet()
 
 
 def hold_back(message) -> None:
     """This delivered copy of a record was not applied: its ack must not advance the commit."""
-    _HELD_BACK.add(id(message))
+    _HELD_BACK.add(message)
+
+
+def is_held_back(message) -> bool:
+    return message in _HELD_BACK
 
 
 def release(message) -> None:
     """Undo :func:`hold_back`: this copy is applied after all (the hole before it was a gap in the log)."""
-    _HELD_BACK.discard(id(message))
+    _HELD_BACK.discard(message)
 
 
 def is_stale(consumer: Consumer, message) -> bool:
@@ -273,9 +280,9 @@ def apply() -> None:
         return await original_assigned(self, assigned, generation_id)
 
     def ack(self, message) -> bool:
-        held = id(message) in _HELD_BACK
+        held = message in _HELD_BACK
         if held:
-            _HELD_BACK.discard(id(message))
+            _HELD_BACK.discard(message)
         if held or is_stale(self, message):
             message.acked = True  # released: nothing waits for it, and it is not committed
             self._unacked_messages.discard(message)
