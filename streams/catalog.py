@@ -11,7 +11,8 @@ Replica protocol:
 2. Read until the end offsets seen at start-up; only then is the replica ``ready`` (the behaviour agent waits
    for it, so a restarted worker never learns from events against a half-loaded catalog).
 3. Then tail the topic: each poll is applied as **one** batch (one FAISS add, one batched removal), then
-   ``on_applied(new_image_ids)`` runs (push refresh to matching users).
+   ``on_applied(new_image_ids)`` runs (push refresh to matching users) for the images the index did not
+   hold before (not for catalog records sent again).
 4. Every ``snapshot_interval_s`` and on stop, snapshot index + offsets atomically. About once a second,
    commit the applied position under the group ``<app_id>-index-<worker_id>`` (commit only, no group
    membership) so ``reco lag`` can show each replica's lag. The snapshot file, not that commit, is where a
@@ -144,6 +145,9 @@ class IndexReplica:
                 self._positions[tp.partition] = records[-1].offset + 1
         if n:
             metrics.EVENTS_CONSUMED.labels(self.s.topic_catalog).inc(n)
+            # images this replica did not have: a record sent again (the new-images agent reprocesses its
+            # batch after a restart or a seek back) changes nobody's recommendations, so it is not pushed
+            new_ids = [image_id for image_id in upserts if image_id not in self.core.index]
             self.core.apply_images(upserts.values(), deletes)
             if push:  # tailing (not the start-up catch-up): upload -> searchable here, per image added
                 now = time.time() * 1000
@@ -152,8 +156,8 @@ class IndexReplica:
                         metrics.IMAGE_SEARCHABLE.observe(max(0.0, now - ts) / 1000)
             self._dirty = True
             metrics.INDEX_SIZE.set(len(self.core.index))
-            if push and self.on_applied is not None and upserts:
-                await self.on_applied(list(upserts))
+            if push and self.on_applied is not None and new_ids:
+                await self.on_applied(new_ids)
         return n
 
     async def lag(self) -> int:

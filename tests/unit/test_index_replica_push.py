@@ -1,0 +1,46 @@
+"""The index replica pushes only images its index did not hold (streams/catalog.py, step 3), with a fake
+consumer at the seam where the replica polls the catalog topic."""
+
+from types import SimpleNamespace
+
+import numpy as np
+from aiokafka import TopicPartition
+
+from models import RecommenderCore
+from streams.catalog import IndexReplica
+from streams.schemas import catalog_record
+
+DIM = 8
+TP = TopicPartition("cat", 0)
+
+
+def record(offset, image_id, seed):
+    vec = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    image = SimpleNamespace(image_id=image_id, created_at=1_700_000_000_000, caption="", tags=(), url=None)
+    return SimpleNamespace(key=image_id.encode(), value=catalog_record(image, vec, offset), offset=offset,
+                           timestamp=0)
+
+
+class Catalog:
+    def __init__(self, polls) -> None:
+        self.polls = list(polls)
+
+    async def getmany(self, timeout_ms, max_records):
+        return {TP: self.polls.pop(0)} if self.polls else {}
+
+
+async def test_only_images_new_to_the_index_are_pushed():
+    pushed = []
+
+    async def on_applied(ids):
+        pushed.append(ids)
+
+    s = SimpleNamespace(data_dir="/nonexistent", topic_catalog="cat", image_batch_max=100)
+    replica = IndexReplica(s, RecommenderCore(dim=DIM, k=3), "w0", on_applied=on_applied)
+    replica._consumer = Catalog([[record(0, "a", 1), record(1, "b", 2)],
+                                 [record(2, "a", 1), record(3, "c", 3)],  # "a" sent again
+                                 [record(4, "b", 2)]])
+    for _ in range(3):
+        await replica.poll_once()
+    assert pushed == [["a", "b"], ["c"]]
+    assert len(replica.core.index) == 3
