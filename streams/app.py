@@ -139,6 +139,12 @@ class OffsetGuard:
         already applied, and hold back everything after them."""
         self.reset({tp: off for tp, off in starts.items() if tp not in self.next})
 
+    def expect(self, tp: Any) -> None:
+        """Records from ``next[tp]`` on were delivered and not applied (dropped before the guard saw them):
+        unless they arrive in order within ``reseek_s``, :meth:`overdue` seeks back to them."""
+        if tp in self.next and tp not in self.pending:
+            self.pending[tp] = (self.next[tp], self._clock())
+
     def forget(self, tps) -> None:
         for tp in list(tps):
             self.next.pop(tp, None)
@@ -386,6 +392,7 @@ class Pipeline:
         if len(owned) < len(events):
             for ev in events:
                 if ev.message.tp not in assigned:
+                    self.guard.expect(ev.message.tp)  # still ours after all: fetched again if nothing comes
                     # not applied, so their acks must not advance the commit (faust_fixes, 4). Not only
                     # revoked partitions land here: in a kill -9 test, 0.3 s after an assignment that
                     # included them, ~1,000 records of partitions still this worker's were dropped here (the
@@ -413,7 +420,10 @@ class Pipeline:
 
     async def reseek_overdue(self) -> None:
         """Repeat seek-backs that delivered nothing (see :meth:`OffsetGuard.overdue`); runs every second."""
+        assigned = self.app.consumer.assignment()
         for tp, offset in self.guard.overdue().items():
+            if tp not in assigned:  # revoked (or the group is rejoining): try again at the next check
+                continue
             log.warning("no record of %s/%d since seeking back to %d: seeking again", tp.topic, tp.partition, offset)
             await self.app.consumer.seek(tp, offset)
 

@@ -2,12 +2,14 @@
 
 from types import SimpleNamespace
 
+from faust.types import TP as FaustTP
+
 from streams import faust_fixes
 from streams.app import OffsetGuard
 from tests.unit.test_faust_fixes import Log  # the partition's records; a missing offset is a marker
 
-TP = ("t", 1)
-OTHER = ("t", 2)
+TP = FaustTP("t", 1)
+OTHER = FaustTP("t", 2)
 
 
 class Delivered:
@@ -200,10 +202,37 @@ def test_a_held_back_message_never_acked_leaves_no_mark_behind():
     assert len(faust_fixes._HELD_BACK) == before
 
 
-def test_records_the_assignment_fence_drops_do_not_count_towards_the_commit():
+def test_records_the_assignment_fence_drops_do_not_count_towards_the_commit_and_are_sought_back():
     from streams.app import Pipeline
 
-    pipe = SimpleNamespace(app=SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: {TP})))
+    clock = Clock()
+    pipe = SimpleNamespace(app=SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: {TP})),
+                           guard=OffsetGuard(reseek_s=5, clock=clock))
+    pipe.guard.reset({TP: 5, OTHER: 7})
     batch = [ev(5), ev(7, OTHER), ev(6)]
     assert offsets(Pipeline._owned(pipe, batch)) == [5, 6]
     assert [faust_fixes.is_held_back(e.message) for e in batch] == [False, True, False]
+    # OTHER is still this worker's in the guard (the client's assignment read empty for it): if its records
+    # do not come back by themselves, the guard seeks back to them
+    assert pipe.guard.overdue() == {}
+    clock.t = 6
+    assert pipe.guard.overdue() == {OTHER: 7}
+
+
+async def test_overdue_seeks_skip_partitions_not_assigned():
+    from streams.app import Pipeline
+
+    clock = Clock()
+    seeks = []
+
+    async def seek(tp, offset):
+        seeks.append((tp, offset))
+    guard = OffsetGuard(reseek_s=5, clock=clock)
+    guard.reset({TP: 5, OTHER: 7})
+    guard.expect(TP)
+    guard.expect(OTHER)
+    pipe = SimpleNamespace(guard=guard, app=SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: {TP},
+                                                                                        seek=seek)))
+    clock.t = 6
+    await Pipeline.reseek_overdue(pipe)
+    assert seeks == [(TP, 5)]
