@@ -7,6 +7,7 @@ import asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.kafka import client_kwargs, ensure_topics, partitions_of, stop_consumer
+from streams.lag import LagMonitor
 from streams.settings import Settings
 
 
@@ -49,3 +50,16 @@ async def read_all(s: Settings, topic: str, timeout: float = 20.0) -> list:
 
 def sync_ensure_topics(s: Settings) -> None:
     asyncio.run(ensure_topics(s))
+
+
+def committed_offset(s: Settings, topic: str | None = None, partition: int = 0) -> int:
+    """Where the worker group resumes ``topic`` (default: behaviour) ``partition``: its committed offset, else
+    the log start (0 before any commit)."""
+    async def read() -> int:
+        monitor = LagMonitor(s)
+        try:
+            tp = TopicPartition(topic or s.topic_behavior, partition)
+            return (await monitor.start_offsets(s.app_id, [tp]))[tp]
+        finally:
+            await monitor.close()
+    return asyncio.run(read())

@@ -13,14 +13,12 @@ import time
 
 import pytest
 import redis as redis_lib
-from aiokafka import TopicPartition
 
-from streams.lag import LagMonitor
 from streams.localstack import KafkaBroker, RedisServer, free_port
 from streams.watchdog import EXIT_STALLED
 from tests.chaos.workload import Workload, wait_processed_as_orchestrated
 from tests.conftest import wait_until
-from tests.kafka_io import produce, sync_ensure_topics
+from tests.kafka_io import committed_offset, produce, sync_ensure_topics
 
 # No reruns: the one-rerun allowance these tests had hid two real bugs (records held back by the offset
 # guard committed unapplied, and redeliveries counted as duplicates); a failure here is a finding.
@@ -62,18 +60,6 @@ def test_kill9_repeatedly_mid_stream(make_settings, start_worker, replayable):
     wl.verify()
 
 
-def _committed(s) -> int:
-    """Where the worker group resumes behaviour partition 0: its committed offset (0 before any commit)."""
-    async def read() -> int:
-        monitor = LagMonitor(s)
-        try:
-            tp = TopicPartition(s.topic_behavior, 0)
-            return (await monitor.start_offsets(s.app_id, [tp]))[tp]
-        finally:
-            await monitor.close()
-    return asyncio.run(read())
-
-
 @MODES
 def test_kill9_right_after_a_commit_while_the_changelog_is_slow(make_settings, start_worker, replayable):
     """A commit must not run ahead of the user table's changelog (streams/faust_fixes.py, 5). Every
@@ -85,7 +71,7 @@ def test_kill9_right_after_a_commit_while_the_changelog_is_slow(make_settings, s
                                replayable=replayable, fault_injection="slow_changelog")
     n = len(wl.events)
     wl.produce_events(0, n // 3)
-    wait_until(lambda: _committed(s) > 0, 60, interval=0.05, what="the first commit")
+    wait_until(lambda: committed_offset(s) > 0, 60, interval=0.05, what="the first commit")
     w.kill()
     w = start_worker(s.model_copy(update={"fault_injection": ""}), name="after-kill")
     wl.produce_events(n // 3, n)

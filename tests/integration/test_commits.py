@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from streams.kafka import client_kwargs
-from streams.lag import LagMonitor
 from tests.conftest import wait_until
 from tests.integration.test_pipeline import make_events, make_images
-from tests.kafka_io import produce, sync_ensure_topics
+from tests.kafka_io import committed_offset, produce, sync_ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -36,17 +35,6 @@ async def produce_in_transactions(s, records, per_transaction: int, txn_id: str)
     return offsets
 
 
-def committed(s, topic: str | None = None) -> int:
-    async def read():
-        mon = LagMonitor(s)
-        try:
-            tp = TopicPartition(topic or s.topic_behavior, 0)
-            return (await mon.start_offsets(s.app_id, [tp]))[tp]
-        finally:
-            await mon.close()
-    return asyncio.run(read())
-
-
 def test_commits_move_past_transaction_markers_across_a_restart(make_settings, start_worker):
     s = make_settings(partitions=1, commit_interval_s=0.2)
     sync_ensure_topics(s)
@@ -58,16 +46,16 @@ def test_commits_move_past_transaction_markers_across_a_restart(make_settings, s
     w = start_worker(s)
     first = asyncio.run(produce_in_transactions(s, events[:30], 5, f"{s.app_id}-txn"))
     assert first[5] == first[4] + 2, "a transaction's commit marker takes an offset"
-    wait_until(lambda: committed(s) == first[-1] + 1, 30,
-               what=f"the commit past the first markers (at {committed(s)}; records at {first})")
+    wait_until(lambda: committed_offset(s) == first[-1] + 1, 30,
+               what=f"the commit past the first markers (at {committed_offset(s)}; records at {first})")
     assert w.stop() == 0  # resumes at first[-1] + 1: the last transaction's marker
 
     w2 = start_worker(s, name="restarted")
     second = asyncio.run(produce_in_transactions(s, events[30:], 5, f"{s.app_id}-txn"))
     assert second[0] == first[-1] + 2
-    wait_until(lambda: committed(s) == second[-1] + 1, 30,
+    wait_until(lambda: committed_offset(s) == second[-1] + 1, 30,
                what=f"the restarted worker's commit past the marker it resumed at ({first[-1] + 1}; at "
-                    f"{committed(s)}; records at {second})")
+                    f"{committed_offset(s)}; records at {second})")
     assert w2.metric("reco_commit_holes_total", verdict="gap") >= 1
     assert w2.metric("reco_events_consumed_total", topic=s.topic_behavior) == 30
 
@@ -86,5 +74,5 @@ def test_new_images_the_fetcher_dropped_are_fetched_again_before_the_commit_pass
     wait_until(lambda: "fault injection: dropped" in w.log_path.read_text(errors="replace"), 30,
                what="the failpoint")
     wait_until(lambda: w.metric("reco_index_size") == 30, 40, what="every image indexed, the dropped ones too")
-    wait_until(lambda: committed(s, s.topic_images) == 30, 30, what="the images' commit at the end")
+    wait_until(lambda: committed_offset(s, s.topic_images) == 30, 30, what="the images' commit at the end")
     assert w.metric("reco_commit_holes_total", verdict="records") >= 2  # read, then read again and sought
