@@ -15,11 +15,11 @@ recovery applies them (it skips offsets it has already seen, so a needless seek 
 
 >>> r = RecoveryRepair(stuck_s=10, clock=lambda: now)
 >>> now = 0.0
->>> r.due([("t-changelog", 2, -1, 21, 22)])  # nothing applied yet, last offset 21, the client at 22
+>>> r.due([("t-changelog/2", -1, 21, 22)])  # nothing applied yet, last offset 21, the client at 22
 {}
 >>> now = 11.0
->>> r.due([("t-changelog", 2, -1, 21, 22)])  # 11 s without progress: seek back to the start
-{('t-changelog', 2): 0}
+>>> r.due([("t-changelog/2", -1, 21, 22)])  # 11 s without progress: seek back to the start
+{'t-changelog/2': 0}
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from . import metrics
 log = logging.getLogger(__name__)
 
 
-
 class RecoveryRepair:
     """Tracks per changelog partition since when recovery has made no progress (see the module doc)."""
 
@@ -47,14 +46,13 @@ class RecoveryRepair:
         self._since.clear()
 
     def due(self, rows: Iterable[tuple]) -> dict[Any, int]:
-        """``rows``: ``(topic, partition, applied, last, position)`` per active changelog partition. Returns
-        ``{(topic, partition): offset to seek to}`` for those stuck ``stuck_s`` with the client ahead of
-        recovery; each is then given another ``stuck_s`` before it is sought again."""
+        """``rows``: ``(tp, applied, last, position)`` per active changelog partition. Returns ``{tp: offset to
+        seek to}`` for those stuck ``stuck_s`` with the client ahead of recovery; each is then given another
+        ``stuck_s`` before it is sought again."""
         now = self._clock()
         out: dict[Any, int] = {}
         seen = set()
-        for topic, partition, applied, last, position in rows:
-            tp = (topic, partition)
+        for tp, applied, last, position in rows:
             seen.add(tp)
             if applied >= last:  # recovered
                 self._since.pop(tp, None)
@@ -82,7 +80,6 @@ async def repair_recovery(app, repair: RecoveryRepair) -> int:
         return 0
     consumer = app.consumer
     rows = []
-    by_key = {}
     for tp in list(recovery.active_tps):
         last = recovery.active_highwaters.get(tp)
         applied = recovery.active_offsets.get(tp)
@@ -92,11 +89,9 @@ async def repair_recovery(app, repair: RecoveryRepair) -> int:
             position = await consumer.position(tp)
         except Exception:  # not assigned (any more), or the client is restarting: look again next time
             continue
-        rows.append((tp.topic, tp.partition, applied, last, position))
-        by_key[(tp.topic, tp.partition)] = tp
+        rows.append((tp, applied, last, position))
     seeks = repair.due(rows)
-    for key, offset in seeks.items():
-        tp = by_key[key]
+    for tp, offset in seeks.items():
         log.warning("table recovery has applied nothing of %s/%d for %.0f s (applied up to %d of %d) while the "
                     "Kafka client is past it: its records were fetched and dropped; seeking back to %d",
                     tp.topic, tp.partition, repair.stuck_s, offset - 1, recovery.active_highwaters[tp], offset)

@@ -16,33 +16,33 @@ CL1 = TP("app-users-changelog", 1)
 def test_progress_or_a_client_not_ahead_is_left_alone():
     clock = Clock()
     r = RecoveryRepair(stuck_s=10, clock=clock)
-    assert r.due([(*CL, 5, 21, 22)]) == {}
+    assert r.due([(CL, 5, 21, 22)]) == {}
     clock.t = 8
-    assert r.due([(*CL, 9, 21, 22)]) == {}, "applied 5 -> 9: progress restarts the clock"
+    assert r.due([(CL, 9, 21, 22)]) == {}, "applied 5 -> 9: progress restarts the clock"
     clock.t = 17
-    assert r.due([(*CL, 9, 21, 22)]) == {}
+    assert r.due([(CL, 9, 21, 22)]) == {}
     clock.t = 30
-    assert r.due([(*CL, 9, 21, 10)]) == {}, "the client at 10 = applied + 1: still fetching, nothing dropped"
-    assert r.due([(*CL, 21, 21, 22)]) == {}, "recovered"
+    assert r.due([(CL, 9, 21, 10)]) == {}, "the client at 10 = applied + 1: still fetching, nothing dropped"
+    assert r.due([(CL, 21, 21, 22)]) == {}, "recovered"
 
 
 def test_stuck_with_the_client_ahead_is_sought_back_once_per_period():
     clock = Clock()
     r = RecoveryRepair(stuck_s=10, clock=clock)
-    rows = [(*CL, -1, 21, 22), (*CL1, 30, 38, 39)]
+    rows = [(CL, -1, 21, 22), (CL1, 30, 38, 39)]
     assert r.due(rows) == {}
     clock.t = 10
-    assert r.due(rows) == {("app-users-changelog", 0): 0, ("app-users-changelog", 1): 31}
+    assert r.due(rows) == {CL: 0, CL1: 31}
     clock.t = 15
     assert r.due(rows) == {}, "the seek gets another period to deliver"
     clock.t = 20
-    assert r.due(rows[:1]) == {("app-users-changelog", 0): 0}
+    assert r.due(rows[:1]) == {CL: 0}
 
 
 def test_inputs_are_not_modified():
-    rows = [(*CL, -1, 21, 22)]
+    rows = [(CL, -1, 21, 22)]
     RecoveryRepair(stuck_s=0).due(rows)
-    assert rows == [(*CL, -1, 21, 22)]
+    assert rows == [(CL, -1, 21, 22)]
 
 
 class FakeConsumer:
