@@ -64,16 +64,17 @@ from .registry import CatalogMirror, ItemRegistry
 from .ranking import N_FEATURES, Ranker, RecItem, Signals, group_stats, one_blas_thread, prior_vector, relative
 from .scorer import OnlineScorer
 from .stage import StagePopularity
+from .tags import TagCounts
 from .state import UserState
 from .vectors import as_unit_vector
 
-MODEL_VERSION = "interest-mi3/covisit3/collab1/linear1/stage1/ranker-online6"
+MODEL_VERSION = "interest-mi3/covisit3/collab1/linear1/stage1/tags1/ranker-online7"
 
 
 #: The core's attributes learned from behaviour and shared across users: one :class:`Shard`.
 SHARD_FIELDS = (
     "popularity", "popularity_long", "engagement_all", "engagement_pos", "covisit", "covisit_seq", "covisit_session",
-    "stage_pop", "embeddings",
+    "stage_pop", "tag_counts", "embeddings",
     "item_linear", "scorer", "_rng", "_now", "_served", "_served_ids", "_skipped",
 )
 
@@ -171,6 +172,8 @@ class RecommenderCore:
         self.covisit_session = CoVisitation(window=10, gamma=1.0, query_items=10, query_gamma=1.0, registry=reg)
         # Interactions per stage of the user's history (models/stage.py; its default 30-day half-life, as engagement).
         self.stage_pop = StagePopularity(registry=reg)
+        # The stream's positive tag mix (models/tags.py), against which tag_lift measures a user's; 30 days.
+        self.tag_counts = TagCounts(30 * 24 * 3600e3)
         self.embeddings = embeddings if embeddings is not None else ItemEmbeddings(seed=seed, registry=reg)
         self.item_linear = item_linear if item_linear is not None else ItemLinear(registry=reg)
         if self.item_linear.registry is not reg and not len(self.item_linear):
@@ -248,14 +251,16 @@ class RecommenderCore:
             self._served.clear()
             self._served_ids.clear()
 
-    def apply_images(self, upserts: Iterable[tuple[str, np.ndarray, int]], deletes: Iterable[str] = ()) -> None:
-        """Batch upsert (image_id, vector, created_at) and delete image ids; vectors are validated here."""
-        ups = list(upserts)
+    def apply_images(self, upserts: Iterable[tuple], deletes: Iterable[str] = ()) -> None:
+        """Batch upsert ``(image_id, vector, created_at)`` or ``(image_id, vector, created_at, tags)`` and
+        delete image ids; vectors and tags are validated here (the index keeps the tags normalised)."""
+        ups = [u if len(u) == 4 else (*u, ()) for u in upserts]
         if ups:
-            mat = np.stack([as_unit_vector(v, self.dim) for _, v, _ in ups])
+            mat = np.stack([as_unit_vector(u[1], self.dim) for u in ups])
             self._sync_mirror()
-            self.index.upsert([i for i, _, _ in ups], mat, created_at=[c for _, _, c in ups])
-            self.mirror.upsert([i for i, _, _ in ups], mat, [c for _, _, c in ups])
+            ids = [u[0] for u in ups]
+            self.index.upsert(ids, mat, created_at=[u[2] for u in ups], tags=[u[3] for u in ups])
+            self.mirror.upsert(ids, mat, [u[2] for u in ups], [self.index.tags(i) for i in ids])
             self.mirror.synced = self.index.mutations
             self._fresh = None
         dels = list(deletes)
@@ -299,7 +304,7 @@ class RecommenderCore:
         self._sync_mirror()
         return Signals(
             self.index, self.popularity, covisit=self.covisit, covisit_seq=self.covisit_seq,
-            covisit_session=self.covisit_session, stage_pop=self.stage_pop,
+            covisit_session=self.covisit_session, stage_pop=self.stage_pop, tag_counts=self.tag_counts,
             popularity_long=self.popularity_long, embeddings=self.embeddings, linear=self.item_linear,
             engagement_all=self.engagement_all, engagement_pos=self.engagement_pos, registry=self.registry, now=self.now if now is None else now, fresh=self._fresh_list(), mirror=self.mirror,
         )
@@ -344,6 +349,7 @@ class RecommenderCore:
             self.item_linear.learn(state.seen, image_id, ts)  # every interaction, with the history before it
             if strength >= self.train_min_strength:
                 self.engagement_pos.learn(image_id, 1.0, ts)
+                self.tag_counts.learn(self.mirror.tag_rows[i], ts)
             if strength > 0:
                 # Co-visitation counts visits: every engagement weighs 1, whatever its strength.
                 self.covisit.learn(state.recent, image_id, 1.0, ts)
@@ -473,6 +479,7 @@ class RecommenderCore:
             "v": self.model_version, "now": self._now, "rng": rng_state(self._rng),
             "covisit": self.covisit.to_bytes().decode(), "covisit_seq": self.covisit_seq.to_bytes().decode(),
             "covisit_session": self.covisit_session.to_bytes().decode(), "stage_pop": self.stage_pop.to_dict(),
+            "tag_counts": self.tag_counts.to_dict(),
             "embeddings": self.embeddings.to_bytes().decode(), "item_linear": self.item_linear.to_bytes().decode(),
             "scorer": self.scorer.to_bytes().decode(),
             "popularity": _pop_to(self.popularity), "popularity_long": self.popularity_long.to_dict(),
@@ -497,6 +504,7 @@ class RecommenderCore:
         self.covisit_seq = CoVisitation.from_bytes(d["covisit_seq"].encode(), reg)
         self.covisit_session = CoVisitation.from_bytes(d["covisit_session"].encode(), reg)
         self.stage_pop = StagePopularity.from_dict(d["stage_pop"], reg)
+        self.tag_counts = TagCounts.from_dict(d["tag_counts"])
         self.embeddings = ItemEmbeddings.from_bytes(d["embeddings"].encode(), reg)
         self.item_linear = ItemLinear.from_bytes(d["item_linear"].encode(), reg)
         self.scorer = OnlineScorer.from_bytes(d["scorer"].encode())

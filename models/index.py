@@ -4,7 +4,7 @@ Every worker holds a full replica (behaviour is partitioned by user, but each us
 whole catalog). The replica is derived state: :meth:`ImageIndex.snapshot` writes it, together with the
 source-topic offsets it reflects, to one file atomically; :meth:`ImageIndex.restore` reads it back.
 
-Two kinds behind one interface (``upsert/remove/search/vectors/newest/created_at/ids/snapshot/restore``,
+Two kinds behind one interface (``upsert/remove/search/vectors/newest/created_at/tags/ids/snapshot/restore``,
 ``len``, ``in``), chosen with ``ImageIndex(dim, kind=...)`` (the worker's ``RECO_INDEX_KIND``):
 
 ``flat`` (:class:`ImageIndex`)
@@ -55,6 +55,7 @@ import numpy as np
 import orjson
 
 from .errors import DimensionMismatch, InvalidInput, NonFiniteVector, StateError, ZeroVector
+from .tags import normalise_tags
 from .vectors import as_unit_matrix
 
 log = logging.getLogger(__name__)
@@ -140,22 +141,26 @@ class ImageIndex:
         self._int_of: dict[str, int] = {}
         self._str_of: dict[int, str] = {}
         self._created_at: dict[str, int] = {}
+        self._tags: dict[str, tuple[str, ...]] = {}  # only images that have tags
         self._next_id = 0
         self._newest = _Newest()
         self._lock = threading.RLock()
         self.mutations = 0  # bumped by every upsert/remove (lets derived copies tell they are stale)
 
     # ------------------------------------------------------------------ mutation
-    def upsert(self, image_ids: Sequence[str], vectors: np.ndarray, created_at: Sequence[int] | None = None) -> None:
+    def upsert(self, image_ids: Sequence[str], vectors: np.ndarray, created_at: Sequence[int] | None = None,
+               tags: Sequence[Sequence[str]] | None = None) -> None:
         """Insert or replace a batch of images. ``vectors`` is (n, dim); it is validated and normalised (copied).
 
-        ``created_at`` (optional, one per id; 0 when not given) orders :meth:`newest`. The whole batch is
+        ``created_at`` (optional, one per id; 0 when not given) orders :meth:`newest`. ``tags`` (optional,
+        one list per id) are kept normalised (:func:`models.tags.normalise_tags`); a replacement without
+        tags drops the old ones. The whole batch is
         validated before anything changes: a bad batch raises :class:`InvalidInput` and leaves the index
         as it was.
         """
         if len(image_ids) == 0:
             return
-        mat, ids, rows, created = _prepare_upsert(self.dim, image_ids, vectors, created_at)
+        mat, ids, rows, created, tag_lists = _prepare_upsert(self.dim, image_ids, vectors, created_at, tags)
         with self._lock:
             self.remove([i for i in ids if i in self._int_of])
             new_ints = np.arange(self._next_id, self._next_id + len(ids), dtype=np.int64)
@@ -166,6 +171,7 @@ class ImageIndex:
                 self._str_of[iid] = image_id
                 self._created_at[image_id] = c
                 self._newest.offer(image_id, c)
+            _set_tags(self._tags, ids, tag_lists)
             self.mutations += 1
 
     def remove(self, image_ids: Iterable[str]) -> int:
@@ -176,6 +182,7 @@ class ImageIndex:
                 return 0
             for iid in ints:
                 sid = self._str_of.pop(iid)
+                self._tags.pop(sid, None)
                 created = self._created_at.pop(sid, None)
                 if created is not None:
                     self._newest.discard(sid, created)
@@ -195,6 +202,10 @@ class ImageIndex:
 
     def created_at(self, image_id: str) -> int | None:
         return self._created_at.get(image_id)
+
+    def tags(self, image_id: str) -> tuple[str, ...]:
+        """The image's normalised tags (empty when it has none or is not in the index)."""
+        return self._tags.get(image_id, ())
 
     def vectors(self, image_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored unit vectors for the ids that exist (missing ids are left out)."""
@@ -239,6 +250,7 @@ class ImageIndex:
             meta = orjson.dumps({
                 "format": SNAPSHOT_FORMAT, "dim": self.dim, "next_id": self._next_id,
                 "ids": [[i, s, self._created_at[s]] for s, i in self._int_of.items()],
+                "tags": {s: list(t) for s, t in self._tags.items()},
                 "offsets": {str(p): o for p, o in offsets.items()},
             })
             blob = faiss.serialize_index(self._index)
@@ -255,6 +267,7 @@ class ImageIndex:
             self._int_of[sid] = iid
             self._str_of[iid] = sid
             self._created_at[sid] = created
+        self._tags = _restore_tags(meta, self._created_at, path)
         self._newest.reset(self._created_at)
         if self._index.ntotal != len(self._int_of):
             raise StateError(f"{path}: index holds {self._index.ntotal} vectors but metadata {len(self._int_of)}")
@@ -275,18 +288,23 @@ def _check_queries(queries: np.ndarray, dim: int) -> np.ndarray:
 
 def _prepare_upsert(
     dim: int, image_ids: Sequence[str], vectors: np.ndarray, created_at: Sequence[int] | None,
-) -> tuple[np.ndarray, list[str], np.ndarray, list[int]]:
-    """Validate an upsert batch before any mutation: (unit matrix, distinct ids, their rows, created_at).
+    tags: Sequence[Sequence[str]] | None = None,
+) -> tuple[np.ndarray, list[str], np.ndarray, list[int], list[tuple[str, ...]]]:
+    """Validate an upsert batch before any mutation: (unit matrix, distinct ids, their rows, created_at,
+    normalised tags).
 
     Last write wins inside one batch, as on the compacted topic: each distinct id keeps its last row.
     Raises :class:`InvalidInput` (or a subclass, see :func:`~models.vectors.as_unit_matrix`) when the
-    vectors are bad or ``vectors``/``created_at`` do not have one entry per id.
+    vectors are bad, a tag is not a string, or ``vectors``/``created_at``/``tags`` do not have one entry
+    per id.
     """
     mat = as_unit_matrix(vectors, dim)
     if mat.shape[0] != len(image_ids):
         raise InvalidInput(f"{len(image_ids)} ids for {mat.shape[0]} vectors", reason="bad_batch")
     if created_at is not None and len(created_at) != len(image_ids):
         raise InvalidInput(f"{len(image_ids)} ids for {len(created_at)} created_at values", reason="bad_batch")
+    if tags is not None and len(tags) != len(image_ids):
+        raise InvalidInput(f"{len(image_ids)} ids for {len(tags)} tag lists", reason="bad_batch")
     last: dict[str, int] = {}
     for row, image_id in enumerate(image_ids):
         last[image_id] = row
@@ -299,7 +317,36 @@ def _prepare_upsert(
             created = [int(created_at[r]) for r in rows.tolist()]
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidInput(f"created_at values must be integers: {exc}", reason="bad_batch") from None
-    return mat, ids, rows, created
+    if tags is None:
+        tag_lists: list[tuple[str, ...]] = [()] * len(ids)
+    else:
+        for r in rows.tolist():
+            if isinstance(tags[r], str | bytes):
+                raise InvalidInput("each image's tags must be a list of strings, not one string", reason="bad_tags")
+        tag_lists = [tuple(normalise_tags(tags[r])) for r in rows.tolist()]
+    return mat, ids, rows, created, tag_lists
+
+
+def _set_tags(store: dict[str, tuple[str, ...]], ids: list[str], tag_lists: list[tuple[str, ...]]) -> None:
+    for image_id, t in zip(ids, tag_lists, strict=True):
+        if t:
+            store[image_id] = t
+        else:
+            store.pop(image_id, None)
+
+
+def _restore_tags(meta: dict, live: dict[str, int], path) -> dict[str, tuple[str, ...]]:
+    """The snapshot's tags (absent in snapshots written before tags were kept: none), for live images only."""
+    raw = meta.get("tags", {})
+    if not isinstance(raw, dict):
+        raise StateError(f"{path}: snapshot tags must be an object")
+    out: dict[str, tuple[str, ...]] = {}
+    for sid, t in raw.items():
+        if sid not in live or not isinstance(t, list) or not all(isinstance(x, str) for x in t):
+            raise StateError(f"{path}: bad tags for {sid!r}")
+        if t:
+            out[sid] = tuple(t)
+    return out
 
 
 def _write_atomically(path: Path, magic: bytes, meta: bytes, blob: np.ndarray) -> None:
@@ -400,6 +447,7 @@ class HNSWImageIndex(ImageIndex):
         self.background_min = background_min
         self._g = _Graph(self._new_faiss())
         self._created_at: dict[str, int] = {}
+        self._tags: dict[str, tuple[str, ...]] = {}  # only images that have tags
         self._newest = _Newest()
         self._lock = threading.RLock()
         self.mutations = 0  # bumped by every upsert/remove (lets derived copies tell they are stale)
@@ -416,10 +464,11 @@ class HNSWImageIndex(ImageIndex):
         return idx
 
     # ------------------------------------------------------------------ mutation
-    def upsert(self, image_ids: Sequence[str], vectors: np.ndarray, created_at: Sequence[int] | None = None) -> None:
+    def upsert(self, image_ids: Sequence[str], vectors: np.ndarray, created_at: Sequence[int] | None = None,
+               tags: Sequence[Sequence[str]] | None = None) -> None:
         if len(image_ids) == 0:
             return
-        mat, ids, rows, created = _prepare_upsert(self.dim, image_ids, vectors, created_at)
+        mat, ids, rows, created, tag_lists = _prepare_upsert(self.dim, image_ids, vectors, created_at, tags)
         mat = np.ascontiguousarray(mat[rows])
         with self._lock:
             self._maybe_swap()
@@ -430,6 +479,7 @@ class HNSWImageIndex(ImageIndex):
                     self._newest.discard(image_id, old)
                 self._created_at[image_id] = c
                 self._newest.offer(image_id, c)
+            _set_tags(self._tags, ids, tag_lists)
             if self._pending is not None:
                 self._pending.append(("up", ids, mat))
             self.mutations += 1
@@ -450,6 +500,7 @@ class HNSWImageIndex(ImageIndex):
             for image_id in gone:
                 self._g.kill(image_id)
                 self._newest.discard(image_id, self._created_at.pop(image_id))
+                self._tags.pop(image_id, None)
             if self._pending is not None:
                 self._pending.append(("rm", gone))
             self.mutations += 1
@@ -610,6 +661,7 @@ class HNSWImageIndex(ImageIndex):
                 "format": SNAPSHOT_FORMAT, "kind": self.kind, "dim": self.dim, "params": self._params(),
                 "slots": len(g.slot_ids),
                 "ids": [[s, i, self._created_at[i]] for i, s in g.slot_of.items()],
+                "tags": {s: list(t) for s, t in self._tags.items()},
                 "offsets": {str(p): o for p, o in offsets.items()},
             })
             blob = faiss.serialize_index(g.index)
@@ -635,6 +687,7 @@ class HNSWImageIndex(ImageIndex):
                 g.bitmap[s >> 3] |= 1 << (s & 7)
                 self._created_at[sid] = int(created)
             g.dead = nslots - len(g.slot_of)
+            self._tags = _restore_tags(meta, self._created_at, path)
             offsets = {int(p): o for p, o in meta["offsets"].items()}
         except StateError:
             raise

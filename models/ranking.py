@@ -54,6 +54,10 @@ candidate ``x`` of user ``u`` gets the feature vector :data:`FEATURES`:
                      mean age: whether the user likes what is new or what is old
 ``age_z``            the image's ``created_at`` minus that mean, over the spread of the positives'
                      creation times plus 0.15 of the catalog's; both clipped to ±5, both 0 without positives
+``tag_aff``          how much of the user's recent positives' tag mix the image's tags carry
+``tag_lift``         how much more the user likes the image's tags than the stream's positives do (log ratio)
+``tag_max``          the user's share of the image's strongest tag; all three 0 without tags
+                     (:mod:`models.tags`)
 ===================  ===============================================================================
 
 and is scored by an :class:`~models.scorer.OnlineScorer` (a linear prior plus an MLP, trained online
@@ -84,12 +88,14 @@ from .registry import CatalogMirror, ItemRegistry
 from .scorer import OnlineScorer
 from .stage import StagePopularity
 from .state import UserState
+from .tags import TagCounts, tag_features, taste
 
 FEATURES = (
     "content_max", "content_mean", "negative", "covisit", "covisit_last", "covisit_seq", "trending",
     "trending_long", "popularity", "fresh", "age", "cold_item", "user_activity", "user_cold", "collab",
     "covisit_rel", "collab_z", "user_pop_taste", "like_rate", "engagement", "collab_max", "covisit_long", "collab_long",
     "linear", "linear_z", "session", "session_last", "stage_pop", "stage_near", "age_taste", "age_z",
+    "tag_aff", "tag_lift", "tag_max",
 )
 N_FEATURES = len(FEATURES)
 F = {name: i for i, name in enumerate(FEATURES)}
@@ -141,6 +147,7 @@ class Signals:
     covisit_seq: CoVisitation | None = None
     covisit_session: CoVisitation | None = None
     stage_pop: StagePopularity | None = None
+    tag_counts: TagCounts | None = None  # the stream's positive tag mix (``tag_lift``'s reference)
     popularity_long: DecayedCounts | None = None
     embeddings: ItemEmbeddings | None = None
     engagement_all: DecayedCounts | None = None
@@ -485,7 +492,11 @@ class Ranker:
             if sig.covisit is not None and st.recent:
                 xu[:, F["user_pop_taste"]] = float(np.log1p(sig.covisit.masses(st.recent)).mean() / 5.0)
             if st.recent:
-                xu[:, F["age_taste"]], xu[:, F["age_z"]] = self._age_taste(st, sig, created[lo:hi])
+                ridx = sig.registry.lookup(st.recent)
+                ridx = ridx[mir.known(ridx)]  # the user's recent positives still in the catalog, oldest first
+                xu[:, F["age_taste"]], xu[:, F["age_z"]] = self._age_taste(ridx, sig, created[lo:hi])
+                xu[:, F["tag_aff"]], xu[:, F["tag_lift"]], xu[:, F["tag_max"]] = tag_features(
+                    taste(mir.tag_rows[ridx]), mir.tag_rows[iu], sig.tag_counts)
             if uq.lin is not None:
                 xu[:, F["linear"]] = sig.linear.scores_idx(st.seen, sig.idx_for(sig.linear, iu), uq.lin)
             if uq.uvec is not None:
@@ -500,21 +511,19 @@ class Ranker:
         return x
 
     @staticmethod
-    def _age_taste(st: UserState, sig: Signals, created: np.ndarray) -> tuple[float, np.ndarray]:
+    def _age_taste(ridx: np.ndarray, sig: Signals, created: np.ndarray) -> tuple[float, np.ndarray]:
         """``age_taste`` and the ``age_z`` column of one user's candidates (their creation times ``created``,
-        ms), both 0 when none of the user's recent positives is a live image. Both are measured in the
-        catalog's own time scale (the mean age and the spread of its images' creation times), so they mean
-        the same for movies released over decades and for images uploaded over days."""
-        mir = sig.mirror
-        ridx = sig.registry.lookup(st.recent)
-        ok = mir.known(ridx)
-        if not ok.any():
+        ms) from the registry ids ``ridx`` of the user's recent positives that are live images; both 0 when
+        there are none. Both are measured in the catalog's own time scale (the mean age and the spread of its
+        images' creation times), so they mean the same for movies released over decades and for images
+        uploaded over days."""
+        if not ridx.size:
             return 0.0, np.zeros(created.shape[0])
-        theirs = mir.created[ridx[ok]].astype(np.float64)
+        theirs = sig.mirror.created[ridx].astype(np.float64)
         mean = float(theirs.mean())
-        taste = min(AGE_CLIP, max(0.0, sig.now - mean) / max(1.0, sig.now - sig.created_mean))
+        age_taste = min(AGE_CLIP, max(0.0, sig.now - mean) / max(1.0, sig.now - sig.created_mean))
         spread = float(theirs.std()) + AGE_SPREAD_FLOOR * sig.created_std + 1.0
-        return taste, np.clip((created - mean) / spread, -AGE_CLIP, AGE_CLIP)
+        return age_taste, np.clip((created - mean) / spread, -AGE_CLIP, AGE_CLIP)
 
     @staticmethod
     def created(ids: list[str], sig: Signals) -> np.ndarray:

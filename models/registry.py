@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .tags import MAX_TAGS, tag_row
+
 
 class ItemRegistry:
     def __init__(self) -> None:
@@ -66,7 +68,7 @@ def grow(arr: np.ndarray, n: int, fill=0) -> np.ndarray:
 
 
 class CatalogMirror:
-    """A dense copy of the catalog by registry id: unit vectors, ``created_at`` and liveness.
+    """A dense copy of the catalog by registry id: unit vectors, ``created_at``, tag rows and liveness.
 
     The index answers nearest-neighbour searches; the ranker also needs the vector and age of a few
     hundred arbitrary candidates per user, which this mirror serves with one NumPy gather instead of a
@@ -93,6 +95,7 @@ class CatalogMirror:
         self.vec = np.zeros((64, dim), dtype=np.float32)
         self.alive = np.zeros(64, dtype=bool)
         self.created = np.zeros(64, dtype=np.int64)
+        self.tag_rows = np.full((64, MAX_TAGS), -1, dtype=np.int32)  # models.tags.tag_row of each image
         self.synced = -1
         self.changes = 0  # bumped by every upsert/remove: the key of the cached creation-time statistics
         self._created_stats: tuple[int, float, float] = (-1, 0.0, 0.0)
@@ -102,9 +105,12 @@ class CatalogMirror:
             self.vec = grow(self.vec, n)
             self.alive = grow(self.alive, n)
             self.created = grow(self.created, n)
+            self.tag_rows = grow(self.tag_rows, n, fill=-1)
 
-    def upsert(self, image_ids: Sequence[str], mat: np.ndarray, created: Sequence[int]) -> None:
-        """Store (normalised exactly as the index stores them); the last row wins for a repeated id."""
+    def upsert(self, image_ids: Sequence[str], mat: np.ndarray, created: Sequence[int],
+               tags: Sequence[Sequence[str]] | None = None) -> None:
+        """Store (normalised exactly as the index stores them); the last row wins for a repeated id.
+        ``tags``: one list per id (none: no tags)."""
         from .vectors import as_unit_matrix
 
         if len(image_ids) == 0:
@@ -116,6 +122,10 @@ class CatalogMirror:
         self._fit(len(self.registry))
         self.vec[idx] = mat[rows]
         self.created[idx] = np.asarray(created, dtype=np.int64)[rows]
+        if tags is None:
+            self.tag_rows[idx] = -1
+        else:
+            self.tag_rows[idx] = np.stack([tag_row(tags[r]) for r in rows.tolist()])
         self.alive[idx] = True
         self.changes += 1
 
@@ -136,7 +146,8 @@ class CatalogMirror:
         vecs = index.vectors(ids)
         ids = [i for i in ids if i in vecs]
         if ids:
-            self.upsert(ids, np.stack([vecs[i] for i in ids]), [index.created_at(i) or 0 for i in ids])
+            self.upsert(ids, np.stack([vecs[i] for i in ids]), [index.created_at(i) or 0 for i in ids],
+                        [index.tags(i) for i in ids])
 
     def created_stats(self) -> tuple[float, float]:
         """Mean and standard deviation of the live images' ``created_at`` (ms; (0, 0) for an empty

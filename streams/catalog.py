@@ -133,13 +133,13 @@ class IndexReplica:
                         uploaded.pop(key, None)
                     continue
                 try:
-                    image_id, vec, created = parse_catalog(rec.value, self.core.dim)
+                    image_id, vec, created, tags = parse_catalog(rec.value, self.core.dim)
                 except (InvalidInput, ValueError, KeyError, TypeError) as exc:
                     metrics.DEAD_LETTERS.labels(self.s.topic_catalog, "corrupt_catalog_record").inc()
                     log.error("skipping corrupt catalog record %s/%d@%d: %r", tp.topic, tp.partition, rec.offset, exc)
                     continue
                 deletes.discard(image_id)
-                upserts[image_id] = (image_id, vec, created)
+                upserts[image_id] = (image_id, vec, created, tags)
                 uploaded[image_id] = rec.timestamp
             if records:
                 self._positions[tp.partition] = records[-1].offset + 1

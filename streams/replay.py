@@ -46,8 +46,7 @@ class Replay:
             return
         if img.embedding is None:
             raise ValueError("replay needs images with embeddings (no encoder here)")
-        image_id, vec, created = parse_catalog(catalog_record(img, img.embedding, offset), self.s.dim)
-        self.core.apply_images([(image_id, vec, created)])
+        self.core.apply_images([parse_catalog(catalog_record(img, img.embedding, offset), self.s.dim)])
 
     def behavior(self, key: bytes | None, value: bytes, offset: int, partition: int | None = None) -> UserState | None:
         if not self.s.replayable:

@@ -197,12 +197,17 @@ def catalog_record(image: ImageEvent, vector: np.ndarray, source_offset: int) ->
     })
 
 
-def parse_catalog(raw: bytes, dim: int) -> tuple[str, np.ndarray, int]:
+def parse_catalog(raw: bytes, dim: int) -> tuple[str, np.ndarray, int, list[str]]:
+    """(image_id, vector, created_at, tags) of an ``image-catalog`` value (records written before tags were
+    read have them too; one without the field has none)."""
     obj = orjson.loads(raw)
     vec = np.frombuffer(base64.b64decode(obj["vector_b64"]), dtype="<f4").astype(np.float32)
     if vec.shape != (dim,):
         raise InvalidEvent(f"catalog vector has dim {vec.shape[0]}, index is {dim}", "dimension_mismatch")
-    return obj["image_id"], vec, int(obj["created_at"])
+    tags = obj.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise InvalidEvent("catalog tags must be a list of strings", "bad_field")
+    return obj["image_id"], vec, int(obj["created_at"]), tags
 
 
 # ----------------------------------------------------------------------------- outputs

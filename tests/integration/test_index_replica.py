@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from models.index import restore_index
 from tests.conftest import wait_until
 from tests.integration.test_pipeline import make_images
 from tests.kafka_io import produce, sync_ensure_topics
@@ -17,13 +18,15 @@ pytestmark = pytest.mark.integration
 def test_replica_snapshot_restore_and_rebuild(make_settings, start_worker):
     s = make_settings(partitions=1, image_partitions=2)
     sync_ensure_topics(s)
-    images, _, _ = make_images(60, s.dim, seed=21)
+    images, _, _ = make_images(60, s.dim, seed=21, tags=True)
     asyncio.run(produce(s, s.topic_images, images[:40]))
     w = start_worker(s, name="first")
     wait_until(lambda: w.metric("reco_index_size") == 40, 30, what="40 images")
     assert w.stop() == 0
     snapshot = s.data_dir / "index.snapshot"
     assert snapshot.exists(), "a stopping worker snapshots its replica"
+    # the images' tags went new-images -> catalog topic -> replica -> snapshot, normalised
+    assert restore_index(snapshot, s.dim)[0].tags("img-0005") == ("theme1", "photo")
 
     # restart: restored from the snapshot, then catches up with images published while it was down
     asyncio.run(produce(s, s.topic_images, images[40:50] + [(images[0][0], None)]))
@@ -39,6 +42,8 @@ def test_replica_snapshot_restore_and_rebuild(make_settings, start_worker):
     wait_until(lambda: w.metric("reco_index_size") == 49, 30, what="rebuilt after a corrupt snapshot")
     assert "ignoring unreadable index snapshot" in w.log_path.read_text()
     assert w.stop() == 0
+    rebuilt = restore_index(snapshot, s.dim)[0]  # from the compacted topic alone: the tags came with it
+    assert rebuilt.tags("img-0005") == rebuilt.tags("img-0045") == ("theme1", "photo")
 
     # missing snapshot: rebuilt as well
     snapshot.unlink()

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from models import UserState
+from models.tags import tag_row
 from streams.redis_store import RecommendationsClient
 from streams.replay import Replay
 from streams.schemas import decode_dead_letter
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.integration
 ACTIONS_POS = ["view", "click", "like", "save", "share"]
 
 
-def make_images(n: int, dim: int, themes: int = 4, seed: int = 1):
+def make_images(n: int, dim: int, themes: int = 4, seed: int = 1, tags: bool = False):
+    """``n`` image events spread over ``themes`` themes; with ``tags``, each carries ``["Theme<t>", "photo"]``."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(themes, dim))
     recs, theme_of = [], {}
@@ -31,8 +33,10 @@ def make_images(n: int, dim: int, themes: int = 4, seed: int = 1):
         v = centres[t] / np.linalg.norm(centres[t]) + 0.3 * rng.normal(size=dim) / np.sqrt(dim)
         image_id = f"img-{i:04d}"
         theme_of[image_id] = t
-        recs.append((image_id.encode(), orjson.dumps({"image_id": image_id, "embedding": v.tolist(),
-                                                       "created_at": now - (n - i) * 1000})))
+        ev = {"image_id": image_id, "embedding": v.tolist(), "created_at": now - (n - i) * 1000}
+        if tags:
+            ev["tags"] = [f"Theme{t}", "photo"]
+        recs.append((image_id.encode(), orjson.dumps(ev)))
     return recs, theme_of, centres
 
 
@@ -134,10 +138,11 @@ def test_recommendations_reach_redis_and_topic(make_settings, start_worker):
 
 
 def test_worker_results_equal_in_process_core(make_settings, start_worker):
-    """One partition, one event per batch: the worker must compute exactly what the core computes in-process."""
+    """One partition, one event per batch: the worker must compute exactly what the core computes in-process
+    (the images carry tags, so the tag features take part)."""
     s = make_settings(partitions=1, batch_max=1)
     sync_ensure_topics(s)
-    images, theme_of, _ = make_images(60, s.dim, seed=3)
+    images, theme_of, _ = make_images(60, s.dim, seed=3, tags=True)
     img_meta = asyncio.run(produce(s, s.topic_images, images))
     w = start_worker(s)
     wait_until(lambda: w.metric("reco_index_size") == 60, 30, what="images indexed")
@@ -161,6 +166,8 @@ def test_worker_results_equal_in_process_core(make_settings, start_worker):
         st = replay.behavior(k, v, off)
         expected[st.user_id] = replay.recommend_ids(st.user_id)  # results right after this user's event
 
+    # the tags took part: every positive counted its image's two tags, "photo" among them
+    assert replay.core.tag_counts.shares(tag_row(["photo"]))[0] == pytest.approx(0.5)
     changelog = asyncio.run(read_all(s, f"{s.app_id}-users-changelog"))
     final = {rec.key.decode(): UserState.from_bytes(rec.value) for rec in changelog}
     sessions = [(final[u].session, len(final[u].seen)) for u in users]

@@ -291,3 +291,44 @@ def test_age_features_place_a_candidate_against_the_age_of_the_users_positives(b
     for image in ("same", "newer", "older", "future", "ancient"):
         np.testing.assert_allclose(days[image][[F["age_taste"], F["age_z"]]],
                                    rows[image][[F["age_taste"], F["age_z"]]], rtol=1e-3, atol=1e-6)
+
+
+def test_tag_features_read_the_users_positive_tags_against_the_streams(basis):
+    """Images keep the tags they were upserted with (normalised, in the index and the mirror). Only positive
+    interactions count in the stream's tag mix; a user's recent positives give the ``tag_*`` features of
+    candidates sharing their tags, 0 for untagged ones and for users whose positives have no tags. The
+    counts survive the shared-state snapshot and a restored index brings the tags back to the mirror."""
+    from models.ranking import F
+    from models.tags import tag_row
+
+    core = RecommenderCore(dim=16, k=8, seed=0)
+    core.apply_images([("cat1", basis(0), 1, ["Cats"]), ("cat2", basis(1), 1, ["cats", "Indoor"]),
+                       ("dog1", basis(2), 1, ["dogs"]), ("dog2", basis(3), 1, ["Dogs"]),
+                       ("plain", basis(4), 1), ("plain2", basis(5), 1, [])])
+    assert core.index.tags("cat2") == ("cats", "indoor") and core.index.tags("plain") == ()
+    assert np.array_equal(core.mirror.tag_rows[core.registry.get("cat2")], tag_row(["cats", "indoor"]))
+    cols = [F["tag_aff"], F["tag_lift"], F["tag_max"]]
+    crowd = core.new_state("crowd")
+    for n, iid in enumerate(("dog1", "dog2", "dog1")):  # the stream likes dogs
+        crowd, _ = core.learn(crowd, image_id=iid, action="like", ts=10 + n)
+    crowd, _ = core.learn(crowd, image_id="cat2", action="skip", ts=20)  # not positive: not counted
+    shares = core.tag_counts.shares(np.stack([tag_row(["dogs"]), tag_row(["cats"])]))[:, 0]
+    assert shares.tolist() == [1.0, 0.0]
+    fan = core.new_state("fan")
+    fan, _ = core.learn(fan, image_id="cat1", action="like", ts=30)
+    plain = core.new_state("plainfan")
+    plain, _ = core.learn(plain, image_id="plain", action="like", ts=31)
+    sc = core.ranker.score_batch([fan, plain], core.signals(), 10)
+    rows = {i: sc[0].features[j] for j, i in enumerate(sc[0].ids)}
+    assert rows["cat2"][F["tag_aff"]] > 0 and rows["cat2"][F["tag_lift"]] > 0 and rows["cat2"][F["tag_max"]] > 0
+    assert rows["dog1"][F["tag_aff"]] == 0 and rows["dog1"][F["tag_lift"]] < 0  # liked by all, not by the fan
+    assert not rows["plain2"][cols].any()
+    assert not sc[1].features[:, cols].any()  # the plain fan's positives have no tags
+    other = RecommenderCore(dim=16, k=8, seed=1)
+    other.index = core.index
+    other.load_shared_state(core.shared_state_bytes())
+    assert other.tag_counts.to_dict() == core.tag_counts.to_dict()
+    assert np.array_equal(other.mirror.tag_rows[other.registry.get("cat2")], tag_row(["cats", "indoor"]))
+    core._served.clear()
+    assert [[(i.image_id, i.score) for i in x] for x in core.recommend([fan])] == \
+        [[(i.image_id, i.score) for i in x] for x in other.recommend([fan])]

@@ -191,6 +191,26 @@ def test_release_dates_are_read_beside_the_ratings_and_become_the_images_created
     assert core.index.created_at("m9") == 788918402 * 1000  # no metadata: its first event
 
 
+def test_genres_are_read_beside_the_ratings_and_become_the_images_tags(tmp_path):
+    """The items' genres (u.item's flags, movies.csv's list) are the tags the model's catalog gets, as a
+    catalog event would carry them; an item without genres has none."""
+    from models.core import RecommenderCore
+
+    (tmp_path / "u.data").write_text(UDATA)
+    assert load_movielens(tmp_path / "u.data").item_tags is None  # no u.item
+    (tmp_path / "u.item").write_bytes(UITEM.encode("latin-1"))
+    assert load_movielens(tmp_path / "u.data").item_tags == {
+        "m1": ["Animation", "Children's", "Comedy"], "m2": ["Action", "Adventure", "Thriller"]}
+    (tmp_path / "ratings.csv").write_text(CSV)
+    (tmp_path / "movies.csv").write_text(MOVIES)
+    assert load_movielens(tmp_path / "ratings.csv").item_tags == {"m1": ["Adventure", "Animation"]}
+    (tmp_path / "u.data").write_text("1\t1\t5\t788918400\n2\t3\t4\t788918401\n")
+    core = RecommenderCore(dim=384, k=3)
+    run_prequential(load_movielens(tmp_path / "u.data"), k=3, baselines=[], core=core)
+    assert core.index.tags("m1") == ("animation", "children's", "comedy") and "m3" in core.index
+    assert core.index.tags("m3") == ()
+
+
 class _FakeEncoder:
     """Stands in for the MiniLM text encoder: a deterministic unit vector per text."""
 

@@ -5,9 +5,11 @@ its results across a rebuild (in place or in the background with a hot swap)."""
 from __future__ import annotations
 
 import random
+import struct
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from models import ImageIndex, InvalidInput, StateError
@@ -141,6 +143,46 @@ def test_snapshot_restore_round_trip(kind: str, tmp_path: Path) -> None:
     assert "new" in back and "img0002" not in back and back.search(np.eye(DIM, dtype=np.float32)[:1], k=1)[0][0][0] == "new"
     again, _ = restore_index(path, DIM)
     assert type(again) is type(idx)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tags_are_kept_normalised_replaced_removed_and_snapshotted(kind: str, tmp_path: Path) -> None:
+    idx, ids, _ = build(kind, 6)
+    assert idx.tags(ids[0]) == () and idx.tags("nope") == ()
+    idx.upsert(["a", "b", "a"], units(3, seed=4), created_at=[1, 2, 3], tags=[["x"], [" Sky", "sky", "Sea"], ["Y "]])
+    assert idx.tags("a") == ("y",) and idx.tags("b") == ("sky", "sea")  # last write wins inside a batch
+    idx.upsert(["b"], units(1, seed=5), created_at=[4])  # a replacement without tags has none
+    assert idx.tags("b") == ()
+    idx.upsert(["c"], units(1, seed=6), created_at=[5], tags=[["z"]])
+    idx.remove(["c"])
+    assert idx.tags("c") == ()
+    path = tmp_path / "index.snapshot"
+    idx.snapshot(path, {0: 1})
+    back, _ = restore_index(path, DIM)
+    assert back.tags("a") == ("y",) and back.tags("b") == () and back.tags("c") == ()
+    # a snapshot written before tags were kept (no "tags" key) restores with none
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[8:16])
+    meta = orjson.loads(raw[16:16 + n])
+    del meta["tags"]
+    old = orjson.dumps(meta)
+    (tmp_path / "old").write_bytes(raw[:8] + struct.pack("<Q", len(old)) + old + raw[16 + n:])
+    before, _ = restore_index(tmp_path / "old", DIM)
+    assert before.tags("a") == () and sorted(before.ids()) == sorted(idx.ids())
+    meta["tags"] = {"ghost": ["x"]}  # tags of an image the snapshot does not hold: corrupt
+    bad = orjson.dumps(meta)
+    (tmp_path / "bad").write_bytes(raw[:8] + struct.pack("<Q", len(bad)) + bad + raw[16 + n:])
+    with pytest.raises(StateError):
+        restore_index(tmp_path / "bad", DIM)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("tags", [[["x"]], [["x"], "yz"], [["x"], [1]]])
+def test_bad_tags_are_rejected_before_anything_changes(kind: str, tags) -> None:
+    idx, ids, _ = build(kind, 3)
+    with pytest.raises(InvalidInput):
+        idx.upsert(["new", ids[0]], units(2, seed=7), created_at=[1, 2], tags=tags)
+    assert "new" not in idx and len(idx) == 3 and idx.created_at(ids[0]) == 1_000
 
 
 def test_snapshot_of_the_other_kind_is_a_state_error(tmp_path: Path) -> None:

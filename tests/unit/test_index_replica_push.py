@@ -14,9 +14,9 @@ DIM = 8
 TP = TopicPartition("cat", 0)
 
 
-def record(offset, image_id, seed):
+def record(offset, image_id, seed, tags=()):
     vec = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
-    image = SimpleNamespace(image_id=image_id, created_at=1_700_000_000_000, caption="", tags=(), url=None)
+    image = SimpleNamespace(image_id=image_id, created_at=1_700_000_000_000, caption="", tags=tags, url=None)
     return SimpleNamespace(key=image_id.encode(), value=catalog_record(image, vec, offset), offset=offset,
                            timestamp=0)
 
@@ -44,3 +44,24 @@ async def test_only_images_new_to_the_index_are_pushed():
         await replica.poll_once()
     assert pushed == [["a", "b"], ["c"]]
     assert len(replica.core.index) == 3
+
+
+async def test_tags_of_catalog_records_reach_the_index_and_a_bad_record_is_skipped():
+    import orjson
+
+    from streams import metrics
+
+    s = SimpleNamespace(data_dir="/nonexistent", topic_catalog="cat", image_batch_max=100)
+    replica = IndexReplica(s, RecommenderCore(dim=DIM, k=3), "w0")
+    bad = record(2, "c", 3, tags=("x",))
+    bad.value = orjson.dumps({**orjson.loads(bad.value), "tags": "not a list"})
+    counted = metrics.DEAD_LETTERS.labels("cat", "corrupt_catalog_record")._value.get()
+    replica._consumer = Catalog([[record(0, "a", 1, tags=("Sky", "sea")), record(1, "b", 2), bad],
+                                 [record(3, "a", 1)]])  # "a" again, now without tags
+    await replica.poll_once()
+    core = replica.core
+    assert core.index.tags("a") == ("sky", "sea") and core.index.tags("b") == () and "c" not in core.index
+    assert (core.mirror.tag_rows[core.registry.get("a")] >= 0).sum() == 2
+    assert metrics.DEAD_LETTERS.labels("cat", "corrupt_catalog_record")._value.get() == counted + 1
+    await replica.poll_once()
+    assert core.index.tags("a") == () and (core.mirror.tag_rows[core.registry.get("a")] == -1).all()

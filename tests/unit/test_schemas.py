@@ -18,9 +18,11 @@ from streams.errors import InvalidEvent, StreamError
 from streams.schemas import (
     BehaviorEvent,
     ImageEvent,
+    catalog_record,
     dead_letter,
     decode_dead_letter,
     parse_behavior,
+    parse_catalog,
     parse_image,
     recommendation_event,
 )
@@ -358,3 +360,15 @@ def test_recommendation_event_contract() -> None:
     assert again["rec_id"] != ev["rec_id"], "every result gets its own rec_id for attribution"
     assert items == [{"image_id": "img-9", "score": 0.93, "source": "content"}] and trigger == {"event_id": "e-1",
                                                                                                 "ts": NOW}
+
+
+def test_catalog_record_round_trips_the_tags() -> None:
+    vec = np.full(DIM, 1 / np.sqrt(DIM), dtype=np.float32)
+    img = ImageEvent("img-1", NOW, vec, "a caption", ("Sky", "sea"), None)
+    image_id, back, created, tags = parse_catalog(catalog_record(img, vec, 7), DIM)
+    assert (image_id, created, tags) == ("img-1", NOW, ["Sky", "sea"]) and np.array_equal(back, vec)
+    old = orjson.loads(catalog_record(img, vec, 7))
+    del old["tags"]  # a record without the field: no tags
+    assert parse_catalog(orjson.dumps(old), DIM)[3] == []
+    with pytest.raises(InvalidEvent):
+        parse_catalog(orjson.dumps({**old, "tags": ["ok", 3]}), DIM)

@@ -1,0 +1,223 @@
+"""Image tags: a bounded tag vocabulary, the stream's tag mix, and a user's taste in tags.
+
+Catalog events may carry ``tags`` (DESIGN.md, ``new-images``). The content vector already mixes a
+caption's words with its tags; what it cannot say is which tags *this* user keeps acting on positively,
+and how that differs from what everybody acts on. Three ranker features read this module
+(:mod:`models.ranking`), for a candidate ``x`` with tags ``T(x)`` and user ``u``:
+
+- ``tag_aff``: ``5 · mean_{t ∈ T(x)} p_u(t)``: how much of the user's positive tag mass ``x``'s tags carry;
+- ``tag_lift``: ``mean_{t ∈ T(x)} ln((p_u(t) + ε) / (p(t) + ε))``, clipped to ±3: tags the user likes more
+  than everybody does (``p``: the stream's decayed positive tag mix, :class:`TagCounts`);
+- ``tag_max``: ``3 · max_{t ∈ T(x)} p_u(t)``: the user's share of ``x``'s strongest tag.
+
+``p_u`` is the tag mix of the user's recent positive images (``UserState.recent``), each weighted
+:data:`TASTE_DECAY` per step back from the newest, normalised to sum 1 (:func:`taste`). No user state is
+added: it is read from the images the state already lists. All three are 0 for an image without tags and
+for a user none of whose recent positives has tags.
+
+Tags are normalised (surrounding blanks stripped, case-folded, duplicates dropped) and hashed into
+:data:`TAG_BUCKETS` buckets with CRC-32, the same in every process and run, so memory stays bounded
+whatever the vocabulary. An image keeps its first :data:`MAX_TAGS` distinct buckets (:func:`tag_row`).
+
+>>> row = tag_row(["Comedy", " comedy", "Drama"])
+>>> int((row >= 0).sum()), bool(row[0] == bucket("COMEDY"))
+(2, True)
+>>> tc = TagCounts(half_life_ms=1e12)
+>>> tc.learn(tag_row(["comedy"]), ts=0); tc.learn(tag_row(["comedy", "drama"]), ts=0)
+>>> [round(float(s), 3) for s in tc.shares(tag_row(["comedy", "drama", "horror"]))[:3]]
+[0.667, 0.333, 0.0]
+>>> prof = taste(np.stack([tag_row(["drama"]), tag_row(["comedy"])]))  # comedy is the newest
+>>> aff, lift, top = tag_features(prof, np.stack([tag_row(["comedy"]), tag_row(["drama"]), tag_row([])]), tc)
+>>> [round(float(a), 2) for a in aff], [round(float(t), 2) for t in top]
+([2.63, 2.37, 0.0], [1.58, 1.42, 0.0])
+>>> bool(lift[1] > 0 > lift[0])  # drama: more of the user's mix than of everybody's; comedy: less
+True
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DimensionMismatch, InvalidInput, StateError
+
+#: Hash buckets of the tag vocabulary (a tag is known by its bucket).
+TAG_BUCKETS = 1 << 14
+#: Distinct tag buckets kept per image (its first ones).
+MAX_TAGS = 8
+#: Weight of a recent positive in the user's tag mix, per step back from the newest.
+TASTE_DECAY = 0.9
+#: Additive smoothing of both shares inside ``tag_lift``'s logarithm.
+LIFT_EPS = 0.01
+#: ``tag_lift`` is clipped to ±this.
+LIFT_CLIP = 3.0
+
+_FORMAT = 1
+
+
+def normalise_tags(tags: Iterable[str]) -> list[str]:
+    """Stripped, case-folded, non-empty, first occurrence kept.
+
+    >>> normalise_tags([" Sky", "sky", "", "Sea "])
+    ['sky', 'sea']
+    """
+    out: dict[str, None] = {}
+    for t in tags:
+        if not isinstance(t, str):
+            raise InvalidInput(f"tags must be strings, got {type(t).__name__}", reason="bad_tags")
+        t = t.strip().casefold()
+        if t:
+            out.setdefault(t, None)
+    return list(out)
+
+
+def bucket(tag: str) -> int:
+    """The bucket of one tag (normalised first)."""
+    return zlib.crc32(tag.strip().casefold().encode("utf-8")) % TAG_BUCKETS
+
+
+def tag_row(tags: Iterable[str]) -> np.ndarray:
+    """(:data:`MAX_TAGS`,) int32: the distinct buckets of ``tags`` in order, padded with -1."""
+    row = np.full(MAX_TAGS, -1, dtype=np.int32)
+    n = 0
+    for t in normalise_tags(tags):
+        b = bucket(t)
+        if b not in row[:n]:
+            row[n] = b
+            n += 1
+            if n == MAX_TAGS:
+                break
+    return row
+
+
+class TagCounts:
+    """The stream's positive tag mix: a decayed count per tag bucket, one per positive interaction with an
+    image carrying that tag. Same decay scheme as :class:`~models.popularity.DecayedCounts` (counts stored
+    relative to a reference time); only shares are read, and uniform decay does not change them.
+    Deterministic: no randomness, no wall-clock time."""
+
+    def __init__(self, half_life_ms: float) -> None:
+        if not (math.isfinite(half_life_ms) and half_life_ms > 0):
+            raise ValueError("half_life_ms must be positive")
+        self.half_life_ms = float(half_life_ms)
+        self._v = np.zeros(TAG_BUCKETS, dtype=np.float64)
+        self._ref_ts = 0
+        self._started = False
+
+    def learn(self, row: np.ndarray, ts: int) -> None:
+        """Count one positive interaction with an image whose tag row (:func:`tag_row`) is ``row``, at event
+        time ``ts`` (ms). A bad row or time raises :class:`InvalidInput` and changes nothing."""
+        b = _check_rows(row, one=True)
+        b = b[b >= 0].astype(np.int64)
+        if isinstance(ts, bool) or not isinstance(ts, int | np.integer):
+            raise InvalidInput(f"ts must be an integer (ms), got {ts!r}", reason="bad_timestamp")
+        if b.size == 0:
+            return
+        if not self._started:
+            self._started, self._ref_ts = True, int(ts)
+        e = (int(ts) - self._ref_ts) / self.half_life_ms
+        if e > 60:  # keep the stored counts in range: rescale to a new reference time
+            self._v *= 2.0 ** -e
+            self._ref_ts, e = int(ts), 0.0
+        self._v[b] += 2.0 ** e
+
+    def shares(self, rows: np.ndarray) -> np.ndarray:
+        """Each bucket's share of all counted tag mass (0 for -1 padding and before anything is counted);
+        same shape as ``rows``."""
+        rows = _check_rows(rows)
+        total = float(self._v.sum())
+        out = np.zeros(rows.shape, dtype=np.float64)
+        if total > 0:
+            ok = rows >= 0
+            out[ok] = self._v[rows[ok]] / total
+        return out
+
+    def to_dict(self) -> dict:
+        nz = np.flatnonzero(self._v)
+        return {"format": _FORMAT, "buckets": TAG_BUCKETS, "hl": self.half_life_ms, "ref": self._ref_ts,
+                "started": self._started, "b": nz.tolist(), "v": self._v[nz].tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TagCounts:
+        try:
+            if d.get("format") != _FORMAT or d.get("buckets") != TAG_BUCKETS:
+                raise StateError(f"tag counts of another format or bucket count: {d.get('format')!r}, {d.get('buckets')!r}")
+            self = cls(float(d["hl"]))
+            self._ref_ts, self._started = int(d["ref"]), bool(d["started"])
+            b = np.asarray(d["b"], dtype=np.int64)
+            v = np.asarray(d["v"], dtype=np.float64)
+            if b.shape != v.shape or b.ndim != 1 or (b.size and (b.min() < 0 or b.max() >= TAG_BUCKETS)):
+                raise StateError("tag counts: bad buckets")
+            if not np.all(np.isfinite(v)) or np.any(v < 0):
+                raise StateError("tag counts: counts must be finite and non-negative")
+            self._v[b] = v
+        except StateError:
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"corrupt tag counts: {exc}") from exc
+        return self
+
+
+@dataclass(frozen=True)
+class TagTaste:
+    """A user's tag mix: sorted distinct buckets and their shares (summing to 1), or empty."""
+
+    buckets: np.ndarray
+    shares: np.ndarray
+
+    @property
+    def empty(self) -> bool:
+        return self.buckets.size == 0
+
+
+def taste(rows: np.ndarray) -> TagTaste:
+    """The tag mix of a user's recent positives, oldest first: ``rows`` is (r, MAX_TAGS), their
+    :func:`tag_row` s. The newest weighs 1, each one before it :data:`TASTE_DECAY` times the next."""
+    rows = _check_rows(rows)
+    if rows.ndim != 2:
+        raise DimensionMismatch(f"tag rows must have shape (r, {MAX_TAGS}), got {rows.shape}")
+    w = np.repeat(TASTE_DECAY ** np.arange(rows.shape[0] - 1, -1, -1, dtype=np.float64), MAX_TAGS)
+    flat = rows.reshape(-1)
+    ok = flat >= 0
+    if not ok.any():
+        return TagTaste(np.zeros(0, dtype=np.int32), np.zeros(0))
+    b, inv = np.unique(flat[ok], return_inverse=True)
+    mass = np.bincount(inv, weights=w[ok], minlength=b.size)
+    return TagTaste(b.astype(np.int32), mass / mass.sum())
+
+
+def tag_features(user: TagTaste, rows: np.ndarray, counts: TagCounts | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``tag_aff``, ``tag_lift`` and ``tag_max`` (see the module docstring) of candidates whose tag rows are
+    ``rows`` (n, MAX_TAGS); ``counts`` None reads as an empty stream mix."""
+    rows = _check_rows(rows)
+    if rows.ndim != 2:
+        raise DimensionMismatch(f"tag rows must have shape (n, {MAX_TAGS}), got {rows.shape}")
+    n = rows.shape[0]
+    zero = np.zeros(n)
+    if user.empty or n == 0:
+        return zero, zero.copy(), zero.copy()
+    valid = rows >= 0
+    k = np.maximum(valid.sum(axis=1), 1)
+    pos = np.clip(np.searchsorted(user.buckets, rows), 0, user.buckets.size - 1)
+    hit = valid & (user.buckets[pos] == rows)
+    pu = np.where(hit, user.shares[pos], 0.0)
+    p = counts.shares(rows) if counts is not None else np.zeros(rows.shape)
+    logs = np.where(valid, np.log((pu + LIFT_EPS) / (p + LIFT_EPS)), 0.0)
+    return pu.sum(axis=1) / k * 5.0, np.clip(logs.sum(axis=1) / k, -LIFT_CLIP, LIFT_CLIP), pu.max(axis=1) * 3.0
+
+
+def _check_rows(rows: np.ndarray, one: bool = False) -> np.ndarray:
+    """``rows`` as an integer array whose last axis is :data:`MAX_TAGS` long (exactly one row when ``one``),
+    every entry a bucket or the -1 padding; raises :class:`DimensionMismatch` / :class:`InvalidInput`."""
+    rows = np.asarray(rows)
+    if rows.ndim == 0 or rows.shape[-1] != MAX_TAGS or (one and rows.ndim != 1):
+        raise DimensionMismatch(f"tag rows must have {MAX_TAGS} entries each, got shape {rows.shape}")
+    if not np.issubdtype(rows.dtype, np.integer):
+        raise InvalidInput(f"tag rows must hold integer buckets, got {rows.dtype}", reason="bad_tags")
+    if rows.size and (rows.min() < -1 or rows.max() >= TAG_BUCKETS):
+        raise InvalidInput(f"tag buckets must lie in [0, {TAG_BUCKETS}) (or -1: none)", reason="bad_tags")
+    return rows
