@@ -76,6 +76,10 @@ def test_counts_shares_follow_the_positive_mix_and_decay():
     assert (TagCounts(DAY).shares(tag_row(["x"])) == 0).all()  # nothing counted yet
     tc.learn(tag_row([]), ts=2 * DAY)  # an image without tags counts nothing
     assert tc.shares(tag_row(["old", "new"]))[:2] == pytest.approx([1 / 3, 2 / 3])
+    dup = np.full(MAX_TAGS, -1, dtype=np.int32)
+    dup[:2] = bucket("new")  # a bucket listed twice counts once
+    tc.learn(dup, ts=DAY)
+    assert tc.shares(tag_row(["old", "new"]))[:2] == pytest.approx([1 / 5, 4 / 5])
 
 
 def test_counts_rescale_far_apart_in_time_without_changing_shares():
