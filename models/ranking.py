@@ -88,7 +88,7 @@ from .registry import CatalogMirror, ItemRegistry
 from .scorer import OnlineScorer
 from .stage import StagePopularity
 from .state import UserState
-from .tags import TagCounts, tag_features, taste
+from .tags import TagCounts, tag_features_unchecked, taste_unchecked
 
 FEATURES = (
     "content_max", "content_mean", "negative", "covisit", "covisit_last", "covisit_seq", "trending",
@@ -495,8 +495,8 @@ class Ranker:
                 ridx = sig.registry.lookup(st.recent)
                 ridx = ridx[mir.known(ridx)]  # the user's recent positives still in the catalog, oldest first
                 xu[:, F["age_taste"]], xu[:, F["age_z"]] = self._age_taste(ridx, sig, created[lo:hi])
-                xu[:, F["tag_aff"]], xu[:, F["tag_lift"]], xu[:, F["tag_max"]] = tag_features(
-                    taste(mir.tag_rows[ridx]), mir.tag_rows[iu], sig.tag_counts)
+                xu[:, F["tag_aff"]], xu[:, F["tag_lift"]], xu[:, F["tag_max"]] = tag_features_unchecked(
+                    taste_unchecked(mir.tag_rows[ridx]), mir.tag_rows[iu], sig.tag_counts)  # mirror rows: valid
             if uq.lin is not None:
                 xu[:, F["linear"]] = sig.linear.scores_idx(st.seen, sig.idx_for(sig.linear, iu), uq.lin)
             if uq.uvec is not None:

@@ -130,7 +130,9 @@ class TagCounts:
     def shares(self, rows: np.ndarray) -> np.ndarray:
         """Each bucket's share of all counted tag mass (0 for -1 padding and before anything is counted);
         same shape as ``rows``."""
-        rows = _check_rows(rows)
+        return self._shares(_check_rows(rows))
+
+    def _shares(self, rows: np.ndarray) -> np.ndarray:  # rows already checked
         if self._total is None:  # once per change, not per request (16,384 buckets: ~10 µs)
             self._total = float(self._v.sum())
         out = np.zeros(rows.shape, dtype=np.float64)
@@ -184,7 +186,13 @@ def taste(rows: np.ndarray) -> TagTaste:
     rows = _check_rows(rows)
     if rows.ndim != 2:
         raise DimensionMismatch(f"tag rows must have shape (r, {MAX_TAGS}), got {rows.shape}")
-    w = np.repeat(TASTE_DECAY ** np.arange(rows.shape[0] - 1, -1, -1, dtype=np.float64), MAX_TAGS)
+    return taste_unchecked(rows)
+
+
+def taste_unchecked(rows: np.ndarray) -> TagTaste:
+    """:func:`taste` of rows known to be valid (the catalog mirror's): the ranker's per-request path."""
+    r = rows.shape[0]
+    w = np.repeat(_decay_weights(r), MAX_TAGS)
     flat = rows.reshape(-1)
     ok = flat >= 0
     if not ok.any():
@@ -200,6 +208,12 @@ def tag_features(user: TagTaste, rows: np.ndarray, counts: TagCounts | None) -> 
     rows = _check_rows(rows)
     if rows.ndim != 2:
         raise DimensionMismatch(f"tag rows must have shape (n, {MAX_TAGS}), got {rows.shape}")
+    return tag_features_unchecked(user, rows, counts)
+
+
+def tag_features_unchecked(user: TagTaste, rows: np.ndarray,
+                           counts: TagCounts | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`tag_features` of rows known to be valid (the catalog mirror's): the ranker's per-request path."""
     n = rows.shape[0]
     zero = np.zeros(n)
     if user.empty or n == 0:
@@ -209,9 +223,21 @@ def tag_features(user: TagTaste, rows: np.ndarray, counts: TagCounts | None) -> 
     pos = np.clip(np.searchsorted(user.buckets, rows), 0, user.buckets.size - 1)
     hit = valid & (user.buckets[pos] == rows)
     pu = np.where(hit, user.shares[pos], 0.0)
-    p = counts.shares(rows) if counts is not None else np.zeros(rows.shape)
-    logs = np.where(valid, np.log((pu + LIFT_EPS) / (p + LIFT_EPS)), 0.0)
+    p = counts._shares(rows) if counts is not None else np.zeros(rows.shape)
+    logs = np.zeros(rows.shape)
+    logs[valid] = np.log((pu[valid] + LIFT_EPS) / (p[valid] + LIFT_EPS))  # only where there is a tag
     return pu.sum(axis=1) / k * 5.0, np.clip(logs.sum(axis=1) / k, -LIFT_CLIP, LIFT_CLIP), pu.max(axis=1) * 3.0
+
+
+_MAX_RECENT = 1024
+_DECAY = TASTE_DECAY ** np.arange(_MAX_RECENT - 1, -1, -1, dtype=np.float64)  # oldest first, newest 1
+
+
+def _decay_weights(r: int) -> np.ndarray:
+    """The weights of ``r`` recent positives, oldest first (the same values as computing them each time)."""
+    if r > _MAX_RECENT:
+        return TASTE_DECAY ** np.arange(r - 1, -1, -1, dtype=np.float64)
+    return _DECAY[_MAX_RECENT - r:]
 
 
 def _check_rows(rows: np.ndarray, one: bool = False) -> np.ndarray:
