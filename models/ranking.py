@@ -88,7 +88,7 @@ from .registry import CatalogMirror, ItemRegistry
 from .scorer import OnlineScorer
 from .stage import StagePopularity
 from .state import UserState
-from .tags import TagCounts, tag_features_unchecked, taste_unchecked
+from .tags import TagCounts, tag_features_many_unchecked
 
 FEATURES = (
     "content_max", "content_mean", "negative", "covisit", "covisit_last", "covisit_seq", "trending",
@@ -451,6 +451,7 @@ class Ranker:
             ok = emb._known(eidx)
             e = np.zeros((n, emb.dim), dtype=np.float32)
             e[ok] = emb._e[eidx[ok]]
+        recent_live = [_EMPTY] * len(states)  # per user: registry ids of its recent positives still live
         for u, (st, uq) in enumerate(zip(states, uqs, strict=True)):
             lo, hi = int(starts[u]), int(starts[u] + counts[u])
             if lo == hi:
@@ -495,8 +496,7 @@ class Ranker:
                 ridx = sig.registry.lookup(st.recent)
                 ridx = ridx[mir.known(ridx)]  # the user's recent positives still in the catalog, oldest first
                 xu[:, F["age_taste"]], xu[:, F["age_z"]] = self._age_taste(ridx, sig, created[lo:hi])
-                xu[:, F["tag_aff"]], xu[:, F["tag_lift"]], xu[:, F["tag_max"]] = tag_features_unchecked(
-                    taste_unchecked(mir.tag_rows[ridx]), mir.tag_rows[iu], sig.tag_counts)  # mirror rows: valid
+                recent_live[u] = ridx
             if uq.lin is not None:
                 xu[:, F["linear"]] = sig.linear.scores_idx(st.seen, sig.idx_for(sig.linear, iu), uq.lin)
             if uq.uvec is not None:
@@ -508,6 +508,11 @@ class Ranker:
                 xu[:, F["collab_long"]] = a[:, 1]
                 if rows.size:  # images without an embedding have an all-zero row: 0, as before
                     xu[:, F["collab_max"]] = a[:, 2:].max(axis=1)
+        # The tag features of the whole batch at once (the same values bit for bit as one user at a time; the
+        # work over candidates' rows done once per batch); the mirror's rows are valid: the unchecked form.
+        rc = np.fromiter((r.shape[0] for r in recent_live), dtype=np.int64, count=len(states))
+        x[:, F["tag_aff"]], x[:, F["tag_lift"]], x[:, F["tag_max"]] = tag_features_many_unchecked(
+            mir.tag_rows[np.concatenate(recent_live)], rc, mir.tag_rows[idx], counts, sig.tag_counts)
         return x
 
     @staticmethod
