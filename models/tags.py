@@ -267,8 +267,8 @@ def _features(keys: np.ndarray, shares: np.ndarray, has: np.ndarray, rows: np.nd
     """The three features of candidate ``rows`` (stacked per user, ``row_counts``) against the mixes of
     :func:`_tastes`; all 0 for the candidates of a user without a mix.
 
-    Rows are left-packed (:func:`tag_row`), so only the first ``width`` columns, up to the last one any
-    candidate uses, are read. Each user's shares are scattered into one dense scratch row of
+    Only the columns up to the last one any candidate uses are read (the rest are all -1; :func:`tag_row`
+    packs tags to the left, so that is as many columns as the most-tagged candidate has tags). Each user's shares are scattered into one dense scratch row of
     ``TAG_BUCKETS + 1`` slots (the last one stays 0: where a -1 pad reads) and gathered by bucket. Sums over a
     row's tags use :func:`_row_sum`, the order NumPy's own sum of an 8-wide row uses, so the values are
     those of the straightforward form bit for bit."""
