@@ -139,12 +139,15 @@ class TagCounts:
         return self._total
 
     def _shares(self, rows: np.ndarray) -> np.ndarray:  # rows already checked
-        total = self.total()
         out = np.zeros(rows.shape, dtype=np.float64)
-        if total > 0:
-            ok = rows >= 0
-            out[ok] = self._v[rows[ok]] / total
+        ok = rows >= 0
+        out[ok] = self._bucket_shares(rows[ok])
         return out
+
+    def _bucket_shares(self, buckets: np.ndarray) -> np.ndarray:
+        """The shares of valid buckets (no -1 padding), 0 before anything is counted."""
+        total = self.total()
+        return self._v[buckets] / total if total > 0 else np.zeros(buckets.shape)
 
     def to_dict(self) -> dict:
         nz = np.flatnonzero(self._v)
@@ -294,8 +297,7 @@ def _features(keys: np.ndarray, shares: np.ndarray, has: np.ndarray, rows: np.nd
         scratch[b] = 0.0
     k = np.maximum(valid.sum(axis=1), 1)
     vb = rows[valid]
-    total = counts.total() if counts is not None else 0.0
-    p = counts._v[vb] / total if total > 0 else np.zeros(vb.shape)
+    p = counts._bucket_shares(vb) if counts is not None else np.zeros(vb.shape)
     logs = np.zeros(rows.shape)
     logs[valid] = np.log((pu[valid] + LIFT_EPS) / (p + LIFT_EPS))  # only where there is a tag
     aff = _row_sum(pu) / k * 5.0
