@@ -68,7 +68,7 @@ from .tags import TagCounts
 from .state import UserState
 from .vectors import as_unit_vector
 
-MODEL_VERSION = "interest-mi3/covisit3/collab1/linear1/stage1/tags1/ranker-online7"
+MODEL_VERSION = "interest-mi3/covisit3/collab1/linear1/stage1/tags1/ranker-online8"
 
 
 #: The core's attributes learned from behaviour and shared across users: one :class:`Shard`.

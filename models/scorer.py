@@ -1,8 +1,18 @@
 """The ranker's scoring function, learned online with torch from the stream itself.
 
-``score(x) = w · f(x) + MLP(f(x))`` over a small vector of candidate features ``f`` (see
+``score(x) = w · f(x) + MLP(z(x))`` over a small vector of candidate features ``f`` (see
 :data:`models.ranking.FEATURES`). ``w`` starts at a hand-set prior (so a fresh model already ranks
 sensibly) and the MLP's output layer starts at zero; both are then trained online.
+
+``z(x) = (f(x) - μ) / σ`` standardises the MLP's input (``standardize=True``, the default): ``μ`` and ``σ``
+are the mean and standard deviation of every feature row the scorer has trained on, counted since it was
+created, with ``σ`` floored at ``std_floor`` (a feature that is almost always 0, such as ``fresh``, is not
+blown up to dozens of units). The features' raw scales differ by two orders of magnitude (a standard
+deviation of 0.02 to 1.8 over ml-100k's training rows), and with one initial scale and one step size for
+every input the MLP learned little from the small-scale ones. ``μ`` and ``σ`` are refreshed at each training
+step and held between steps, so scores between two steps come from one fixed function. The linear part
+reads the raw features, so the prior keeps its meaning. On the whole of ml-100k this took recall@20 from
+0.3725 to 0.3742 (seed 0) and from 0.3712 to 0.3736 (seed 1).
 
 Training data come from the stream: for each positive event the core builds a *group* of feature rows
 computed from the user's state *before* the event: row 0 is the image the user acted on, the others are
@@ -42,7 +52,7 @@ import orjson
 from .serial import rng_state, set_rng_state
 from .errors import DimensionMismatch, InvalidInput, StateError
 
-_FORMAT = 1
+_FORMAT = 2  # 2: the MLP input's standardisation; format 1 (before it) still loads, with it off
 
 
 def preload_torch() -> float:
@@ -76,12 +86,16 @@ class OnlineScorer:
         replay_steps: int = 2,
         replay_batch: int = 64,
         replay_rows: int = 128,
+        standardize: bool = True,
+        std_floor: float = 0.05,
         seed: int = 0,
     ) -> None:
         if n_features < 1 or hidden < 0 or batch_groups < 1 or max_group < 2 or lr <= 0:
             raise ValueError("n_features, batch_groups, lr must be positive, max_group >= 2, hidden >= 0")
         if replay < 0 or replay_steps < 0 or replay_batch < 1 or replay_rows < 2:
             raise ValueError("replay, replay_steps >= 0, replay_batch >= 1, replay_rows >= 2")
+        if not std_floor > 0:
+            raise ValueError("std_floor must be positive")
         self.n_features = n_features
         self.hidden = hidden
         self.lr = lr
@@ -92,6 +106,8 @@ class OnlineScorer:
         self.replay_steps = replay_steps
         self.replay_batch = replay_batch
         self.replay_rows = replay_rows
+        self.standardize = bool(standardize)
+        self.std_floor = float(std_floor)
         self.seed = seed
         p = np.zeros(n_features, dtype=np.float32) if prior is None else np.asarray(prior, dtype=np.float32)
         if p.shape != (n_features,) or not np.all(np.isfinite(p)):
@@ -103,6 +119,12 @@ class OnlineScorer:
         self._w1 = (rng.normal(size=(n_features, hidden)) / np.sqrt(n_features)).astype(np.float32)
         self._b1 = np.zeros(hidden, dtype=np.float32)
         self._w2 = np.zeros(hidden, dtype=np.float32)
+        # Standardisation of the MLP's input: running sums over every training row, and the (μ, σ) in use.
+        self._rows = 0
+        self._sum = np.zeros(n_features, dtype=np.float64)
+        self._sumsq = np.zeros(n_features, dtype=np.float64)
+        self._mu = np.zeros(n_features, dtype=np.float32)
+        self._sd = np.ones(n_features, dtype=np.float32)
         self._buffer: list[np.ndarray] = []
         self._replay: list[np.ndarray] = []  # ring buffer of past groups (rows subsampled)
         self._replay_pos = 0
@@ -119,8 +141,13 @@ class OnlineScorer:
             raise DimensionMismatch(f"features must be (n, {self.n_features}), got {x.shape}")
         out = x @ self._w
         if self.hidden:
-            out = out + np.maximum(x @ self._w1 + self._b1, 0.0) @ self._w2
+            z = (x - self._mu) / self._sd if self.standardize else x
+            out = out + np.maximum(z @ self._w1 + self._b1, 0.0) @ self._w2
         return out
+
+    def standardization(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (μ, σ) the MLP's input is standardised with now (copies; zeros and ones when off)."""
+        return self._mu.copy(), self._sd.copy()
 
     # ------------------------------------------------------------------ learning
     def observe(self, group: np.ndarray) -> bool:
@@ -132,8 +159,14 @@ class OnlineScorer:
             return False
         if not np.all(np.isfinite(g)):
             raise InvalidInput("feature group has NaN/Inf", reason="non_finite")
-        self._buffer.append(g[: self.max_group])
+        g = g[: self.max_group]
+        self._buffer.append(g)
         self.groups_seen += 1
+        if self.standardize:
+            g64 = g.astype(np.float64)
+            self._rows += g64.shape[0]
+            self._sum += g64.sum(axis=0)
+            self._sumsq += (g64 * g64).sum(axis=0)
         if len(self._buffer) >= self.batch_groups:
             self._step()
             return True
@@ -162,8 +195,19 @@ class OnlineScorer:
         torch, module, _ = self._torch
         out = module["lin"](x).squeeze(-1)
         if self.hidden:
-            out = out + module["l2"](torch.relu(module["l1"](x))).squeeze(-1)
+            z = (x - torch.from_numpy(self._mu)) / torch.from_numpy(self._sd) if self.standardize else x
+            out = out + module["l2"](torch.relu(module["l1"](z))).squeeze(-1)
         return out
+
+    def _refresh_standardization(self) -> None:
+        """(μ, σ) from the running sums; σ floored at ``std_floor`` (and the variance clipped at 0 against
+        rounding)."""
+        if not (self.standardize and self._rows):
+            return
+        mu = self._sum / self._rows
+        var = np.maximum(self._sumsq / self._rows - mu * mu, 0.0)
+        self._mu = mu.astype(np.float32)
+        self._sd = np.maximum(np.sqrt(var), self.std_floor).astype(np.float32)
 
     def _step(self) -> None:
         if self._torch is None:
@@ -173,6 +217,7 @@ class OnlineScorer:
         torch.set_num_threads(1)  # tiny tensors: threads only add OpenMP contention (with FAISS's pool)
         try:
             new, self._buffer = self._buffer, []
+            self._refresh_standardization()  # held for this step's updates and the scores until the next
             self._step_inner(torch, module, opt, new)
             self.steps += 1
             if self.replay:
@@ -242,18 +287,30 @@ class OnlineScorer:
             "buffer": [_enc_group(g) for g in self._buffer],
             "replay_groups": [_enc_group(g) for g in self._replay], "replay_pos": self._replay_pos,
             "rng": rng_state(self._rng),
+            "std": {"on": self.standardize, "floor": self.std_floor, "rows": self._rows,
+                    "sum": _b64(self._sum, "<f8"), "sumsq": _b64(self._sumsq, "<f8"),
+                    "mu": _b64(self._mu, "<f4"), "sd": _b64(self._sd, "<f4")},
         })
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> OnlineScorer:
         try:
             d = orjson.loads(raw)
-            if d.get("f") != _FORMAT:
+            if d.get("f") not in (1, _FORMAT):
                 raise StateError(f"unknown scorer format {d.get('f')!r}")
             lr, wd, bg, mg, seed, rp, rs, rb, rr = d["cfg"]
+            std = d.get("std")  # absent in format 1: that scorer was trained on raw inputs, and stays so
             self = cls(int(d["n"]), prior=d["prior"], hidden=int(d["h"]), lr=lr, weight_decay=wd,
                        batch_groups=int(bg), max_group=int(mg), seed=int(seed), replay=int(rp),
-                       replay_steps=int(rs), replay_batch=int(rb), replay_rows=int(rr))
+                       replay_steps=int(rs), replay_batch=int(rb), replay_rows=int(rr),
+                       standardize=bool(std and std["on"]), std_floor=float(std["floor"]) if std else 0.05)
+            if std is not None:
+                n = self.n_features
+                self._rows = int(std["rows"])
+                self._sum, self._sumsq = _unb64(std["sum"], "<f8", n), _unb64(std["sumsq"], "<f8", n)
+                self._mu, self._sd = _unb64(std["mu"], "<f4", n), _unb64(std["sd"], "<f4", n)
+                if not (np.all(np.isfinite(self._mu)) and np.all(self._sd > 0)):
+                    raise StateError("scorer standardisation has non-finite means or non-positive deviations")
             shapes = {"w": (self.n_features,), "w1": (self.n_features, self.hidden), "b1": (self.hidden,),
                       "w2": (self.hidden,)}
             for k, shape in shapes.items():
@@ -275,6 +332,17 @@ class OnlineScorer:
             raise
         except Exception as exc:
             raise StateError(f"cannot decode scorer state: {exc}") from exc
+
+
+def _b64(a: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode()
+
+
+def _unb64(s: str, dtype: str, n: int) -> np.ndarray:
+    a = np.frombuffer(base64.b64decode(s), dtype=dtype)
+    if a.shape != (n,):
+        raise StateError(f"scorer standardisation has {a.shape[0]} values, expected {n}")
+    return a.astype(np.float64 if dtype == "<f8" else np.float32)
 
 
 def _enc_group(g: np.ndarray) -> list:
