@@ -278,7 +278,7 @@ class OnlineScorer:
             buf = io.BytesIO()
             torch.save({"module": module.state_dict(), "opt": opt.state_dict()}, buf)
             opt_state = base64.b64encode(buf.getvalue()).decode()
-        enc = {k: base64.b64encode(v.astype("<f4").tobytes()).decode() for k, v in self.weights().items()}
+        enc = {k: _b64(v, "<f4") for k, v in self.weights().items()}
         return orjson.dumps({
             "f": _FORMAT, "n": self.n_features, "h": self.hidden, "prior": self.prior.tolist(), "p": enc,
             "cfg": [self.lr, self.weight_decay, self.batch_groups, self.max_group, self.seed,
@@ -346,7 +346,7 @@ def _unb64(s: str, dtype: str, n: int) -> np.ndarray:
 
 
 def _enc_group(g: np.ndarray) -> list:
-    return [int(g.shape[0]), base64.b64encode(np.ascontiguousarray(g, dtype="<f4").tobytes()).decode()]
+    return [int(g.shape[0]), _b64(g, "<f4")]
 
 
 def _dec_group(item: list, n_features: int) -> np.ndarray:
