@@ -18,7 +18,7 @@ from models.ease import ItemLinear
 from models.errors import DimensionMismatch, InvalidInput, StateError
 from models.itemvec import ItemEmbeddings
 from models.registry import ItemRegistry
-from models.scorer import OnlineScorer
+from models.scorer import MEMBER_SEED_STRIDE, OnlineScorer, ScorerEnsemble, scorer_from_bytes
 from models.stage import STAGE_EDGES, StagePopularity
 
 
@@ -302,6 +302,101 @@ def test_scorer_format_1_state_loads_with_raw_inputs_and_bad_standardization_is_
     neg = dict(d, std=dict(d["std"], sd=base64.b64encode(np.full(5, -1.0, dtype="<f4").tobytes()).decode()))
     with pytest.raises(StateError):
         OnlineScorer.from_bytes(orjson.dumps(neg))
+
+
+# ------------------------------------------------------------------------------------ scorer ensemble
+_SCORER_KW = dict(prior=[1.0, 0.0, 0.0, 0.0, 0.0], hidden=4, lr=0.05, batch_groups=8, replay=64)
+
+
+def _train_ensemble(seed: int, groups: list[np.ndarray], members: int = 2) -> ScorerEnsemble:
+    e = ScorerEnsemble(5, members=members, seed=seed, **_SCORER_KW)
+    for g in groups:
+        e.observe(g)
+    return e
+
+
+def test_ensemble_scores_the_mean_of_members_that_differ_only_in_seed():
+    gs = _groups(0)
+    e = _train_ensemble(3, gs, members=3)
+    assert [m.seed for m in e.members] == [3, 3 + MEMBER_SEED_STRIDE, 3 + 2 * MEMBER_SEED_STRIDE]
+    assert e.steps == 45 and e.groups_seen == 120 and all(m.steps == 45 for m in e.members)
+    x = np.random.default_rng(9).normal(size=(20, 5)).astype(np.float32)
+    each = [m.score(x) for m in e.members]
+    assert np.allclose(e.score(x), np.mean(each, axis=0), atol=1e-6)
+    assert not np.allclose(each[0], each[1], atol=1e-3)  # the members did learn different functions
+    # each member is exactly the OnlineScorer its seed makes, trained alone on the same groups
+    for m in e.members:
+        alone = OnlineScorer(5, seed=m.seed, **_SCORER_KW)
+        for g in gs:
+            alone.observe(g)
+        assert alone.to_bytes() == m.to_bytes()
+    # and the mean kept what each member learned: the informative feature outranks the prior's
+    assert all(m.weights()["w"][1] > m.weights()["w"][0] for m in e.members)
+
+
+def test_ensemble_deterministic_given_seed():
+    gs = _groups(1)
+    x = np.random.default_rng(2).normal(size=(10, 5)).astype(np.float32)
+    a, b, c = _train_ensemble(7, gs), _train_ensemble(7, gs), _train_ensemble(8, gs)
+    assert np.array_equal(a.score(x), b.score(x)) and a.to_bytes() == b.to_bytes()
+    assert not np.array_equal(a.score(x), c.score(x))
+
+
+def test_ensemble_round_trip_mid_training_continues_identically_and_loads_by_kind():
+    gs = _groups(3)
+    a = _train_ensemble(4, gs[:60])
+    for _ in range(3):  # leave something in the members' un-stepped buffers
+        a.observe(gs[60])
+    raw = a.to_bytes()
+    b = ScorerEnsemble.from_bytes(raw)
+    c = scorer_from_bytes(raw)
+    assert isinstance(c, ScorerEnsemble) and b.to_bytes() == raw == c.to_bytes()
+    for g in gs[61:]:
+        for s in (a, b, c):
+            s.observe(g)
+    x = np.ones((3, 5), dtype=np.float32)
+    assert np.array_equal(a.score(x), b.score(x)) and np.array_equal(a.score(x), c.score(x))
+    single = _train_scorer(4, gs[:20])
+    assert isinstance(scorer_from_bytes(single.to_bytes()), OnlineScorer)
+    assert scorer_from_bytes(single.to_bytes()).to_bytes() == single.to_bytes()
+    d = orjson.loads(raw)
+    for bad in (b"garbage", b"[1]", orjson.dumps(dict(d, f=2)), orjson.dumps(dict(d, members=[])),
+                orjson.dumps(dict(d, members=[d["members"][0], _train_scorer(0, gs[:9]).to_bytes().decode()[:-9]])),
+                orjson.dumps(dict(d, members=[d["members"][0], OnlineScorer(4, seed=0).to_bytes().decode()]))):
+        with pytest.raises(StateError):
+            scorer_from_bytes(bad)
+    with pytest.raises(StateError):
+        ScorerEnsemble.from_bytes(single.to_bytes())  # a single scorer's state is not an ensemble's
+
+
+def test_ensemble_rejects_nan_and_wrong_dims_without_changing_any_member():
+    e = _train_ensemble(5, _groups(5, n=20))
+    before = e.to_bytes()
+    bad = np.ones((4, 5), dtype=np.float32)
+    bad[2, 3] = np.nan
+    with pytest.raises(InvalidInput):
+        e.observe(bad)
+    with pytest.raises(DimensionMismatch):
+        e.observe(np.ones((4, 6), dtype=np.float32))
+    with pytest.raises(DimensionMismatch):
+        e.observe(np.ones(5, dtype=np.float32))
+    with pytest.raises(DimensionMismatch):
+        e.score(np.ones((4, 4), dtype=np.float32))
+    assert e.to_bytes() == before
+    for members in (0, -1, True, 1.5, "2"):
+        with pytest.raises(ValueError):
+            ScorerEnsemble(5, members=members)
+
+
+def test_ensemble_does_not_mutate_inputs_and_one_member_is_the_plain_scorer():
+    gs = _groups(6, n=24)
+    copies = [g.copy() for g in gs]
+    e = _train_ensemble(2, gs, members=1)
+    e.score(gs[0])
+    assert all(np.array_equal(g, g0) for g, g0 in zip(gs, copies))
+    s = _train_scorer(2, gs)
+    x = np.random.default_rng(3).normal(size=(6, 5)).astype(np.float32)
+    assert np.array_equal(e.score(x), s.score(x))
 
 
 def test_item_embeddings_member_array_tracks_appends_and_restores() -> None:
