@@ -61,7 +61,7 @@ candidate ``x`` of user ``u`` gets the feature vector :data:`FEATURES`:
 ===================  ===============================================================================
 
 and is scored by an :class:`~models.scorer.OnlineScorer` (a linear prior plus an MLP, trained online
-by the core from the stream). Without a scorer the linear prior alone is used.
+by the core from the stream; the core uses the mean of two, a :class:`~models.scorer.ScorerEnsemble`). Without a scorer the linear prior alone is used.
 
 >>> import numpy as np
 >>> from models.index import ImageIndex
@@ -85,7 +85,7 @@ from .index import ImageIndex
 from .itemvec import ItemEmbeddings
 from .popularity import DecayedCounts, Popularity
 from .registry import CatalogMirror, ItemRegistry
-from .scorer import OnlineScorer
+from .scorer import Scorer
 from .stage import StagePopularity
 from .state import UserState
 from .tags import TagCounts, tag_features_many_unchecked
@@ -369,7 +369,7 @@ class Ranker:
     linear_pool: int = 50
     stage_pool: int = 100
     fresh_half_life_ms: float = _DAY_MS
-    scorer: OnlineScorer | None = None
+    scorer: Scorer | None = None
     # Weights of the hand-tuned blend of earlier versions; the scorer (its prior, then what it learns)
     # replaced them. Accepted so existing configurations still construct a Ranker; not used.
     negative_weight: float = 0.3

@@ -104,7 +104,7 @@ def build_core(s: Settings, *, deterministic: bool = False) -> RecommenderCore:
         interest=InterestModel(dim=s.dim, max_interests=s.max_interests, seen_cap=s.seen_window,
                                half_life_ms=s.interest_half_life_h * 3600e3, session_gap_ms=s.session_gap_s * 1e3),
         ranker=Ranker(k=s.k), popularity=Popularity(half_life_ms=s.trending_half_life_h * 3600e3),
-        index=make_index(s.dim, s.index_kind), replayable=s.replayable,
+        index=make_index(s.dim, s.index_kind), replayable=s.replayable, scorer_members=s.scorer_members,
         # Off the event loop by default; inline (deterministic) where results must equal a replay.
         item_linear=ItemLinear(s.linear_head, refit_every=s.linear_refit_every, background=not (s.replayable or deterministic)),
     )

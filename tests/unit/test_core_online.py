@@ -86,6 +86,24 @@ def test_shared_state_round_trip_continues_identically():
         core_b.load_shared_state(b'{"v": "other-model"}')
 
 
+def test_the_core_scores_with_two_scorers_averaged_and_restores_them(replayed):
+    from models import OnlineScorer, ScorerEnsemble
+
+    core, _, _ = replayed
+    assert isinstance(core.scorer, ScorerEnsemble) and core.ranker.scorer is core.scorer
+    assert [m.seed for m in core.scorer.members] == [0, 1000] and core.scorer.steps > 0
+    back = RecommenderCore(dim=CFG.dim, k=5, seed=5, scorer_members=3)
+    back.load_shared_state(core.shared_state_bytes())
+    assert isinstance(back.scorer, ScorerEnsemble) and len(back.scorer.members) == 2
+    assert back.ranker.scorer is back.scorer and back.scorer.to_bytes() == core.scorer.to_bytes()
+    one = RecommenderCore(dim=CFG.dim, k=5, scorer_members=1)
+    assert len(one.scorer.members) == 1
+    single = RecommenderCore(dim=CFG.dim, k=5, scorer=OnlineScorer(N_FEATURES, seed=0))
+    plain = RecommenderCore(dim=CFG.dim, k=5)
+    plain.load_shared_state(single.shared_state_bytes())  # a single scorer's state still loads as one
+    assert isinstance(plain.scorer, OnlineScorer) and plain.ranker.scorer is plain.scorer
+
+
 def test_learn_does_not_mutate_the_input_state(replayed):
     core, states, _ = replayed
     st = next(iter(states.values()))

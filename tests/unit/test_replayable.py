@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from models import RecommenderCore, UserState, refresh_batches
+from models.ranking import N_FEATURES
 from models.synthetic import BehaviourEvent, ImageRecord, SyntheticConfig, generate
 
 CFG = SyntheticConfig(seed=5, dim=16, n_users=30, n_topics=5, n_initial_images=80, n_new_images=0, n_events=900)
@@ -70,8 +71,9 @@ def test_default_mode_learns_from_what_was_served():
     # (and the results) depend on when results were computed.
     _, shards_a, _, _ = _run(order_seed=1, recommend_p=0.9, replayable=False)
     _, shards_b, _, _ = _run(order_seed=1, recommend_p=0.0, replayable=False)
-    wa = [s.fields["scorer"].weights()["w"] for _, s in sorted(shards_a.items())]
-    wb = [s.fields["scorer"].weights()["w"] for _, s in sorted(shards_b.items())]
+    x = np.random.default_rng(0).normal(size=(16, N_FEATURES)).astype(np.float32)
+    wa = [s.fields["scorer"].score(x) for _, s in sorted(shards_a.items())]
+    wb = [s.fields["scorer"].score(x) for _, s in sorted(shards_b.items())]
     assert any(not np.array_equal(a, b) for a, b in zip(wa, wb, strict=True))
 
 
