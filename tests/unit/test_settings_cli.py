@@ -81,11 +81,21 @@ def test_env_overrides(monkeypatch, tmp_path) -> None:
     ("RECO_PARTITIONS", "0"), ("RECO_K", "many"), ("RECO_K", "1001"), ("RECO_KAFKA_SECURITY_PROTOCOL", "TLS"),
     ("RECO_ENCODER", "bert"), ("RECO_BATCH_WITHIN_S", "0"), ("RECO_WEB_PORT", "70000"),
     ("RECO_PUSH_MIN_SCORE", "1.5"), ("RECO_LOG_LEVEL", "LOUD"), ("RECO_KAFKA_SASL_MECHANISM", "GSSAPI"),
+    ("RECO_SCORER_MEMBERS", "0"), ("RECO_SCORER_MEMBERS", "9"),
 ])
 def test_invalid_env_is_rejected(monkeypatch, var, value) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_scorer_members_reaches_the_workers_core(monkeypatch, tmp_path) -> None:
+    from streams.app import build_core
+
+    assert len(build_core(Settings(encoder="none", data_dir=tmp_path)).scorer.members) == 2  # the default
+    monkeypatch.setenv("RECO_SCORER_MEMBERS", "3")
+    core = build_core(Settings(encoder="none", data_dir=tmp_path))
+    assert [m.seed for m in core.scorer.members] == [0, 1000, 2000] and core.ranker.scorer is core.scorer
 
 
 @pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
