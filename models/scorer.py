@@ -403,14 +403,9 @@ class ScorerEnsemble:
         return out / np.float32(len(self.members))
 
     def observe(self, group: np.ndarray) -> bool:
-        """Every member learns the group; True when they took a step. The group is validated first, so a
-        bad one changes no member."""
-        g = np.asarray(group, dtype=np.float32)
-        if g.ndim != 2 or g.shape[1] != self.n_features:
-            raise DimensionMismatch(f"group must be (m, {self.n_features}), got {g.shape}")
-        if not np.all(np.isfinite(g)):
-            raise InvalidInput("feature group has NaN/Inf", reason="non_finite")
-        stepped = [m.observe(g) for m in self.members]
+        """Every member learns the group; True when they took a step. A bad group changes no member: member
+        0 validates it before it changes anything, and raises before the others see it."""
+        stepped = [m.observe(group) for m in self.members]
         assert len(set(stepped)) == 1, "the members step together"
         return stepped[0]
 

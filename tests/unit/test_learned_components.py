@@ -201,8 +201,10 @@ def test_scorer_round_trip_mid_training_continues_identically():
         OnlineScorer.from_bytes(b"garbage")
 
 
-def test_scorer_rejects_nan_and_wrong_dims_without_changing_state():
-    s = _train_scorer(5, _groups(5, n=20))
+@pytest.mark.parametrize("train", [_train_scorer, lambda seed, gs: _train_ensemble(seed, gs)],
+                         ids=["scorer", "ensemble"])
+def test_scorer_rejects_nan_and_wrong_dims_without_changing_state(train):
+    s = train(5, _groups(5, n=20))
     before = s.to_bytes()
     bad = np.ones((4, 5), dtype=np.float32)
     bad[2, 3] = np.nan
@@ -211,10 +213,18 @@ def test_scorer_rejects_nan_and_wrong_dims_without_changing_state():
     with pytest.raises(DimensionMismatch):
         s.observe(np.ones((4, 6), dtype=np.float32))
     with pytest.raises(DimensionMismatch):
+        s.observe(np.ones(5, dtype=np.float32))
+    with pytest.raises(DimensionMismatch):
         s.score(np.ones((4, 4), dtype=np.float32))
+    assert s.to_bytes() == before  # for an ensemble: no member changed
+
+
+def test_scorer_and_ensemble_reject_bad_config():
     with pytest.raises(DimensionMismatch):
         OnlineScorer(3, prior=[1.0, 2.0])
-    assert s.to_bytes() == before
+    for members in (0, -1, True, 1.5, "2"):
+        with pytest.raises(ValueError):
+            ScorerEnsemble(5, members=members)
 
 
 def test_scorer_does_not_mutate_inputs():
@@ -367,25 +377,6 @@ def test_ensemble_round_trip_mid_training_continues_identically_and_loads_by_kin
             scorer_from_bytes(bad)
     with pytest.raises(StateError):
         ScorerEnsemble.from_bytes(single.to_bytes())  # a single scorer's state is not an ensemble's
-
-
-def test_ensemble_rejects_nan_and_wrong_dims_without_changing_any_member():
-    e = _train_ensemble(5, _groups(5, n=20))
-    before = e.to_bytes()
-    bad = np.ones((4, 5), dtype=np.float32)
-    bad[2, 3] = np.nan
-    with pytest.raises(InvalidInput):
-        e.observe(bad)
-    with pytest.raises(DimensionMismatch):
-        e.observe(np.ones((4, 6), dtype=np.float32))
-    with pytest.raises(DimensionMismatch):
-        e.observe(np.ones(5, dtype=np.float32))
-    with pytest.raises(DimensionMismatch):
-        e.score(np.ones((4, 4), dtype=np.float32))
-    assert e.to_bytes() == before
-    for members in (0, -1, True, 1.5, "2"):
-        with pytest.raises(ValueError):
-            ScorerEnsemble(5, members=members)
 
 
 def test_ensemble_does_not_mutate_inputs_and_one_member_is_the_plain_scorer():
