@@ -61,7 +61,8 @@ candidate ``x`` of user ``u`` gets the feature vector :data:`FEATURES`:
 ===================  ===============================================================================
 
 and is scored by an :class:`~models.scorer.OnlineScorer` (a linear prior plus an MLP, trained online
-by the core from the stream; the core uses the mean of two, a :class:`~models.scorer.ScorerEnsemble`). Without a scorer the linear prior alone is used.
+by the core from the stream; the core uses the mean of two, a :class:`~models.scorer.ScorerEnsemble`).
+Without a scorer the linear prior alone is used.
 
 >>> import numpy as np
 >>> from models.index import ImageIndex

@@ -354,8 +354,9 @@ class ScorerEnsemble:
     Each member costs one scorer's training time (the second: 4 % of the replay's throughput) and its own
     replay ring (~34 MB when full).
 
-    Everything an :class:`OnlineScorer` is checked for holds: input validated once, before any member's
-    state changes; deterministic given ``seed`` and the groups; the state round-trips through bytes.
+    Everything an :class:`OnlineScorer` is checked for holds: a bad group is rejected (by member 0) before
+    any member's state changes; deterministic given ``seed`` and the groups; the state round-trips through
+    bytes.
 
     >>> e = ScorerEnsemble(2, members=2, prior=[1.0, 0.0], batch_groups=4, lr=0.05, seed=0)
     >>> [m.seed for m in e.members]
@@ -380,10 +381,6 @@ class ScorerEnsemble:
     @property
     def n_features(self) -> int:
         return self.members[0].n_features
-
-    @property
-    def batch_groups(self) -> int:
-        return self.members[0].batch_groups
 
     @property
     def steps(self) -> int:
